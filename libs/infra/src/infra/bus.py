@@ -1,0 +1,38 @@
+"""NATS connections: reconnect forever with backoff, several server URLs, logged state changes."""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+from nats.aio.client import Client as NATS
+
+from infra.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+async def connect_nats(settings: CommonSettings, name: str) -> NATS:
+    """Connect to the configured NATS servers; the client keeps reconnecting on its own."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    return await nats.connect(
+        servers=settings.nats_servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=3,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        pending_size=64 * 1024 * 1024,
+    )

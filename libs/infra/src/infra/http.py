@@ -1,0 +1,232 @@
+"""FastAPI plumbing shared by the HTTP services: the contract's error shape, body limits,
+security headers, bearer authentication and the health endpoints."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from contracts.errors import ChatError, ErrorBody, ErrorCode, code_for_location
+from infra.auth import Claims, TokenService, bearer_token
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Invalid input"},
+    401: {"model": ErrorBody, "description": "Missing, invalid or expired token"},
+    413: {"model": ErrorBody, "description": "Body larger than the limit"},
+}
+
+
+def error_response(status: int, code: ErrorCode | str, message: str) -> JSONResponse:
+    return JSONResponse(ErrorBody.of(code, message).model_dump(), status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[ErrorCode, str]:
+    errors = exc.errors()
+    if not errors:
+        return ErrorCode.VALIDATION_ERROR, "invalid request"
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return ErrorCode.INVALID_JSON, "request body is not valid JSON"
+    field = ".".join(str(p) for p in loc if p not in ("body", "query", "path"))
+    msg = str(first.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    text = f"{field}: {msg}" if field else msg
+    return code_for_location(loc), text[:300]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in the contract's JSON shape; FastAPI's default 422 body never does."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        code, message = _validation_message(exc)
+        return error_response(400, code, message)
+
+    @app.exception_handler(ChatError)
+    async def _chat(_: Request, exc: ChatError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {
+            404: ErrorCode.NOT_FOUND,
+            405: ErrorCode.METHOD_NOT_ALLOWED,
+            401: ErrorCode.UNAUTHORIZED,
+            413: ErrorCode.PAYLOAD_TOO_LARGE,
+        }
+        code = codes.get(exc.status_code, ErrorCode.VALIDATION_ERROR)
+        if exc.status_code >= 500:
+            code = ErrorCode.INTERNAL
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(503, ErrorCode.UNAVAILABLE, "temporarily unavailable, retry")
+
+
+class BodyLimitMiddleware:
+    """413 with the JSON error body for request bodies over the limit (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.max_bytes + 1
+                if declared > self.max_bytes:
+                    await self._too_large(scope, receive, send)
+                    return
+        received = 0
+        too_large = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413, ErrorCode.PAYLOAD_TOO_LARGE, f"request body over {self.max_bytes} bytes"
+        )
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+
+
+class SecurityHeadersMiddleware:
+    """Adds conservative security headers to every HTTP answer."""
+
+    def __init__(self, app: ASGIApp, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.app = app
+        self.headers = SECURITY_HEADERS + (extra or [])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                existing = {k.lower() for k, _ in message.get("headers", [])}
+                headers = list(message.get("headers", []))
+                headers.extend((k, v) for k, v in self.headers if k not in existing)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def install_common_middleware(app: FastAPI, max_body_bytes: int, cors_origins: list[str]) -> None:
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Link"],
+            max_age=600,
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
+
+
+# --- authentication -------------------------------------------------------------------------------
+
+
+def get_token_service(request: Request) -> TokenService:
+    tokens: TokenService = request.app.state.tokens
+    return tokens
+
+
+def current_claims(request: Request) -> Claims:
+    """FastAPI dependency: the verified claims of the request's bearer token (else 401)."""
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise ChatError(ErrorCode.UNAUTHORIZED, "missing bearer token", 401)
+    return get_token_service(request).verify(token)
+
+
+CurrentClaims = Annotated[Claims, Depends(current_claims)]
+
+
+def current_user_id(claims: CurrentClaims) -> str:
+    return claims.user_id
+
+
+CurrentUserId = Annotated[str, Depends(current_user_id)]
+
+
+# --- health ---------------------------------------------------------------------------------------
+
+
+def health_router(checks: Callable[[], dict[str, ReadinessCheck]]) -> APIRouter:
+    """`/healthz` (process up) and `/readyz` (every dependency answers) for a service."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="Process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        summary="Dependencies reachable",
+        responses={503: {"description": "a dependency is not reachable"}},
+    )
+    async def readyz() -> JSONResponse:
+        failures: dict[str, str] = {}
+        for name, check in checks().items():
+            try:
+                await check()
+            except Exception as exc:
+                failures[name] = f"{type(exc).__name__}: {exc}"[:200]
+        if failures:
+            return JSONResponse({"status": "unavailable", "failures": failures}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    return router
+
+
+def link_header(url: str) -> str:
+    return f'<{url}>; rel="next"'

@@ -1,0 +1,100 @@
+"""The DynamoDB-compatible store: client creation and attribute (un)marshalling.
+
+Only single-item conditional writes, batch writes and queries are used anywhere, so the same
+code runs on AWS DynamoDB, ScyllaDB Alternator and dynalite (no transactions, TTL or streams).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from infra.settings import CommonSettings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb.client import DynamoDBClient
+else:
+    DynamoDBClient = Any
+
+Item = dict[str, Any]
+
+
+@asynccontextmanager
+async def open_dynamo(settings: CommonSettings) -> AsyncIterator[DynamoDBClient]:
+    """A DynamoDB client with bounded timeouts and retries (the store may restart under us)."""
+    session = get_session()
+    config = AioConfig(
+        connect_timeout=3,
+        read_timeout=10,
+        retries={"max_attempts": 6, "mode": "standard"},
+        max_pool_connections=64,
+    )
+    async with session.create_client(
+        "dynamodb",
+        endpoint_url=settings.dynamo_url or None,
+        region_name=settings.aws_region,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+        config=config,
+    ) as client:
+        yield client
+
+
+def to_attr(value: Any) -> dict[str, Any]:
+    """Python value -> DynamoDB attribute value."""
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, int | float | Decimal):
+        return {"N": str(value)}
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, list | tuple):
+        return {"L": [to_attr(v) for v in value]}
+    if isinstance(value, dict):
+        return {"M": {str(k): to_attr(v) for k, v in value.items()}}
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+def from_attr(attr: dict[str, Any]) -> Any:
+    """DynamoDB attribute value -> Python value (numbers as int when integral)."""
+    (kind, value), *_ = attr.items()
+    if kind == "S":
+        return value
+    if kind == "N":
+        number = Decimal(value)
+        return int(number) if number == number.to_integral_value() else float(number)
+    if kind == "BOOL":
+        return bool(value)
+    if kind == "NULL":
+        return None
+    if kind == "L":
+        return [from_attr(v) for v in value]
+    if kind == "M":
+        return {k: from_attr(v) for k, v in value.items()}
+    if kind == "SS":
+        return list(value)
+    raise TypeError(f"unsupported attribute type {kind}")
+
+
+def to_item(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: to_attr(v) for k, v in values.items() if v is not None}
+
+
+def from_item(item: dict[str, Any]) -> Item:
+    return {k: from_attr(v) for k, v in item.items()}
+
+
+def is_conditional_failure(exc: BaseException) -> bool:
+    """True when a conditional write was refused because the condition did not hold."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = response.get("Error", {}).get("Code", "")
+    return bool(code == "ConditionalCheckFailedException")
