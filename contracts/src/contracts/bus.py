@@ -51,7 +51,13 @@ class RoomCreated(Envelope):
 
 
 class MessageCreated(Envelope):
-    """A message was durably stored by history with its per-room `seq`."""
+    """A message was durably stored by history with its per-room `seq`.
+
+    Published on `chat.evt.message_created.<roomId>` (every time a command for it is applied,
+    also a retry: edges drop seqs they already delivered), and, when the command was a retry
+    of an already stored messageId, also on the origin node's subject so that the retrying
+    connection gets its answer.
+    """
 
     event: Literal["MessageCreated"] = "MessageCreated"
     message: Message
@@ -158,6 +164,7 @@ class HistoryRangeReply(Envelope):
 class DeliverToUsers(Envelope):
     """Sent on a node's subject: push `frame` to these users' local connections."""
 
+    event: Literal["DeliverToUsers"] = "DeliverToUsers"
     userIds: list[str]
     frame: dict[str, object]
     subscribeRoom: str | None = None
