@@ -131,21 +131,22 @@ def wait_for_port(proc: Proc, timeout: float = 30.0) -> None:
             return
         time.sleep(0.05)
     proc.stop()
-    raise ServerError(f"{proc.name} did not listen on {proc.port} in {timeout}s:\n{proc.log_tail()}")
+    raise ServerError(
+        f"{proc.name} did not listen on {proc.port} in {timeout}s:\n{proc.log_tail()}"
+    )
 
 
-def start_nats(
+def nats_command(
     port: int,
     data_dir: Path,
-    log_path: Path,
     *,
     server_name: str = "chat-nats",
     cluster_port: int | None = None,
     routes: list[str] | None = None,
     cluster_name: str = "chat",
     sync_always: bool = False,
-) -> Proc:
-    """nats-server with JetStream, its store under `data_dir`."""
+) -> list[str]:
+    """Write `data_dir/nats.conf` (JetStream store under `data_dir`) and return the argv."""
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "nats.conf"
     lines = [
@@ -169,16 +170,40 @@ def start_nats(
             "}",
         ]
     conf.write_text("\n".join(lines) + "\n")
-    popen = spawn("nats", [find_binary("nats-server"), "-c", str(conf)], log_path)
+    return [find_binary("nats-server"), "-c", str(conf)]
+
+
+def start_nats(
+    port: int,
+    data_dir: Path,
+    log_path: Path,
+    *,
+    server_name: str = "chat-nats",
+    cluster_port: int | None = None,
+    routes: list[str] | None = None,
+    cluster_name: str = "chat",
+    sync_always: bool = False,
+) -> Proc:
+    """nats-server with JetStream, its store under `data_dir`."""
+    argv = nats_command(
+        port,
+        data_dir,
+        server_name=server_name,
+        cluster_port=cluster_port,
+        routes=routes,
+        cluster_name=cluster_name,
+        sync_always=sync_always,
+    )
+    popen = spawn("nats", argv, log_path)
     proc = Proc("nats", popen, port, f"nats://127.0.0.1:{port}", log_path)
     wait_for_port(proc)
     return proc
 
 
-def start_redis(port: int, data_dir: Path, log_path: Path) -> Proc:
-    """redis-server with an append-only file under `data_dir` (the map survives a restart)."""
+def redis_command(port: int, data_dir: Path) -> list[str]:
+    """redis-server argv: append-only file under `data_dir` (the map survives a restart)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [
+    return [
         find_binary("redis-server"),
         "--bind",
         "127.0.0.1",
@@ -195,14 +220,18 @@ def start_redis(port: int, data_dir: Path, log_path: Path) -> Proc:
         "--daemonize",
         "no",
     ]
-    popen = spawn("redis", argv, log_path)
+
+
+def start_redis(port: int, data_dir: Path, log_path: Path) -> Proc:
+    """redis-server with an append-only file under `data_dir` (the map survives a restart)."""
+    popen = spawn("redis", redis_command(port, data_dir), log_path)
     proc = Proc("redis", popen, port, f"redis://127.0.0.1:{port}/0", log_path)
     wait_for_port(proc)
     return proc
 
 
-def start_dynalite(port: int, data_dir: Path | None, log_path: Path) -> Proc:
-    """dynalite (LevelDB on disk under `data_dir`; in memory when None)."""
+def dynalite_command(port: int, data_dir: Path | None) -> list[str]:
+    """dynalite argv (LevelDB on disk under `data_dir`; in memory when None)."""
     script = NODE_MODULES / "dynalite" / "cli.js"
     if not script.exists():
         raise ServerError("dynalite is not installed: run `make install` (npm ci in compose/)")
@@ -215,7 +244,12 @@ def start_dynalite(port: int, data_dir: Path | None, log_path: Path) -> Proc:
         argv += ["--path", str(data_dir)]
     # dynalite's default table-state delays make tests slow; keep them short.
     argv += ["--createTableMs", "50", "--deleteTableMs", "50", "--updateTableMs", "50"]
-    popen = spawn("dynalite", argv, log_path)
+    return argv
+
+
+def start_dynalite(port: int, data_dir: Path | None, log_path: Path) -> Proc:
+    """dynalite (LevelDB on disk under `data_dir`; in memory when None)."""
+    popen = spawn("dynalite", dynalite_command(port, data_dir), log_path)
     proc = Proc("dynalite", popen, port, f"http://127.0.0.1:{port}", log_path)
     wait_for_port(proc)
     return proc

@@ -5,7 +5,7 @@ Subjects, streams and consumers are named in `contracts.subjects`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field
 
@@ -13,7 +13,7 @@ from contracts.common import WireModel
 from contracts.errors import ErrorDetail
 from contracts.rest import Message, Room, User
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 
 class Origin(WireModel):

@@ -17,8 +17,6 @@ from contracts.common import (
     WireModel,
 )
 
-SEED_USER = {"id": "user_123", "name": "Alice", "avatar": "https://example.com/avatar/alice.png"}
-
 
 class CreateUserRequest(WireModel):
     """`POST /users` body."""
@@ -36,7 +34,17 @@ class CreateUserRequest(WireModel):
 class User(WireModel):
     """The seed's user; `avatar` is absent from answers when not set."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [SEED_USER]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "user_123",
+                    "name": "Alice",
+                    "avatar": "https://example.com/avatar/alice.png",
+                }
+            ]
+        }
+    )
 
     id: str
     name: str
@@ -129,4 +137,3 @@ class SendMessageRequest(WireModel):
     content: MessageContent
     createdAt: Timestamp
     senderId: Identifier | None = Field(default=None, description="if given, must be the caller")
-

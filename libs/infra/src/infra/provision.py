@@ -156,7 +156,9 @@ def main() -> None:
         description="Create the chat mesh's tables and streams (idempotent). Addresses come "
         "from CHAT_DYNAMO_URL (empty: AWS), CHAT_NATS_URLS, CHAT_TABLE_PREFIX."
     )
-    parser.add_argument("--replicas", type=int, default=1, help="JetStream replicas (3 on a cluster)")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="JetStream replicas (3 on a cluster)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     asyncio.run(provision(CommonSettings(), args.replicas))

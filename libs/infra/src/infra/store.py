@@ -23,6 +23,17 @@ else:
 
 Item = dict[str, Any]
 
+__all__ = [
+    "DynamoDBClient",
+    "Item",
+    "from_attr",
+    "from_item",
+    "is_conditional_failure",
+    "open_dynamo",
+    "to_attr",
+    "to_item",
+]
+
 
 @asynccontextmanager
 async def open_dynamo(settings: CommonSettings) -> AsyncIterator[DynamoDBClient]:

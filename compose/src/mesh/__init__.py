@@ -1,0 +1,1 @@
+"""The embedded local mesh: servers, supervisor, test fixtures."""
