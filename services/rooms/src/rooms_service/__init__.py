@@ -1,0 +1,1 @@
+"""rooms service: rooms and memberships, the create_room command, GET/POST /rooms, RoomCreated."""

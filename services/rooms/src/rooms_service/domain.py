@@ -1,0 +1,96 @@
+"""Pure rules of the rooms service: participants, room ids, item keys. No I/O."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable
+
+from contracts.errors import ChatError, ErrorCode
+from contracts.rest import Room, RoomParticipant
+
+ROOM_ID_PREFIX = "room_"
+# Ids that go into keys and (for rooms) NATS subjects: never '.', '*', '>' or spaces in room ids.
+_USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_ROOM_ID_RE = re.compile(r"^room_[A-Za-z0-9_\-]{1,64}$")
+
+
+def new_room_id() -> str:
+    """An unguessable room id, safe as a NATS subject token (url-safe base64: [A-Za-z0-9_-])."""
+    return ROOM_ID_PREFIX + secrets.token_urlsafe(16)
+
+
+def is_room_id(value: str) -> bool:
+    return bool(_ROOM_ID_RE.match(value))
+
+
+def normalize_participants(caller: str, participants: Iterable[str], limit: int) -> list[str]:
+    """Drop duplicates (first occurrence wins), add the caller first if missing, enforce the limit.
+
+    The limit applies after dedupe and after the caller was added (CONTRACT.md section 3).
+    """
+    result: list[str] = []
+    seen: set[str] = set()
+    for user_id in participants:
+        if not isinstance(user_id, str) or not _USER_ID_RE.match(user_id):
+            raise ChatError(
+                ErrorCode.INVALID_PARTICIPANTS,
+                "participants must be user ids (1-128 characters from letters, digits and _-.:)",
+            )
+        if user_id not in seen:
+            seen.add(user_id)
+            result.append(user_id)
+    if caller not in seen:
+        result.insert(0, caller)
+    if len(result) > limit:
+        raise ChatError(
+            ErrorCode.TOO_MANY_PARTICIPANTS,
+            f"a room has at most {limit} participants (caller included, duplicates dropped); "
+            f"got {len(result)}",
+        )
+    return result
+
+
+def unknown_users_error(missing: list[str]) -> ChatError:
+    shown = ", ".join(missing[:20]) + (", ..." if len(missing) > 20 else "")
+    return ChatError(ErrorCode.UNKNOWN_USER, f"unknown user ids: {shown}")
+
+
+def build_room(room_id: str, created_at: str, ids: list[str], names: dict[str, str]) -> Room:
+    """The room as the contract shows it; participants in the normalized order."""
+    return Room(
+        id=room_id,
+        participants=[RoomParticipant(id=uid, name=names[uid]) for uid in ids],
+        createdAt=created_at,
+    )
+
+
+# --- item keys of the rooms table -----------------------------------------------------------------
+
+
+def room_pk(room_id: str) -> str:
+    return f"room#{room_id}"
+
+
+ROOM_SK = "meta"
+
+
+def member_pk(user_id: str) -> str:
+    return f"member#{user_id}"
+
+
+def member_sk(created_at: str, room_id: str) -> str:
+    """Sorts a user's memberships by room creation time (ISO-8601 UTC sorts as text)."""
+    return f"{created_at}#{room_id}"
+
+
+def room_id_of_member_sk(sk: str) -> str:
+    return sk.rsplit("#", 1)[1]
+
+
+def user_pk(user_id: str) -> str:
+    return f"user#{user_id}"
+
+
+USER_SK = "profile"
+OUTBOX_PK = "outbox"

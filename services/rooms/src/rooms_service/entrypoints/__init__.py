@@ -1,0 +1,1 @@
+"""Transports of the rooms service: HTTP (FastAPI) and NATS."""

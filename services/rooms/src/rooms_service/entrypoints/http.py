@@ -1,0 +1,54 @@
+"""HTTP: `POST /rooms` and `GET /rooms` (bearer token; its subject is the caller)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, status
+
+from contracts.bus import CreateRoomCommand
+from contracts.errors import ErrorBody
+from contracts.rest import CreateRoomRequest, Room
+from infra.http import ERROR_RESPONSES, CurrentUserId
+from rooms_service import handlers
+
+
+def get_deps(request: Request) -> handlers.Deps:
+    deps: handlers.Deps = request.app.state.deps
+    return deps
+
+
+DepsDep = Annotated[handlers.Deps, Depends(get_deps)]
+
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "users service, store or bus unreachable; retry"}
+}
+
+router = APIRouter(prefix="/rooms", tags=["rooms"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a room",
+    description=(
+        "Creates a room with the given participants plus the caller (duplicates dropped, at "
+        "most 100 in all). Every participant must be an existing user (`unknown_user` names "
+        "the others, and no room is created). Same effect as the WS `create_room` action: "
+        "`RoomCreated` is published and every online participant receives `room_created`."
+    ),
+    responses={**ERROR_RESPONSES, **_UNAVAILABLE},
+)
+async def create_room(body: CreateRoomRequest, user_id: CurrentUserId, deps: DepsDep) -> Room:
+    command = CreateRoomCommand(userId=user_id, participants=list(body.participants))
+    return await handlers.create_room(deps, command)
+
+
+@router.get(
+    "",
+    summary="The caller's rooms",
+    description="Every room the caller is a participant of, newest first (by `createdAt`).",
+    responses={401: ERROR_RESPONSES[401], **_UNAVAILABLE},
+)
+async def list_rooms(user_id: CurrentUserId, deps: DepsDep) -> list[Room]:
+    return await handlers.list_rooms(deps, user_id)
