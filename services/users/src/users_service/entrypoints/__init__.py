@@ -1,0 +1,1 @@
+"""Transports of the users service: HTTP routers and NATS subscribers."""

@@ -1,0 +1,129 @@
+"""HTTP routes: decode the contract model, call a handler, encode the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response, Security
+from fastapi.security import HTTPBearer
+
+from contracts.errors import ErrorBody
+from contracts.rest import CreateUserRequest, TokenResponse, User, UserWithToken
+from infra.auth import TokenService
+from infra.http import ERROR_RESPONSES, CurrentClaims, CurrentUserId, link_header
+from users_service import handlers
+from users_service.adapters.publisher import EventPublisher
+from users_service.adapters.store import UserStore
+from users_service.domain import DEFAULT_LIMIT, MAX_CURSOR_LENGTH
+
+# Documents the bearer scheme in OpenAPI; the token itself is verified by `current_claims`.
+bearer_scheme = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
+AUTH = [Security(bearer_scheme)]
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No user with that id"}
+}
+
+
+def get_store(request: Request) -> UserStore:
+    store: UserStore = request.app.state.store
+    return store
+
+
+def get_publisher(request: Request) -> EventPublisher:
+    publisher: EventPublisher = request.app.state.publisher
+    return publisher
+
+
+def get_tokens(request: Request) -> TokenService:
+    tokens: TokenService = request.app.state.tokens
+    return tokens
+
+
+def get_id_generator(request: Request) -> Callable[[], str]:
+    new_id: Callable[[], str] = request.app.state.new_id
+    return new_id
+
+
+Store = Annotated[UserStore, Depends(get_store)]
+Publisher = Annotated[EventPublisher, Depends(get_publisher)]
+Tokens = Annotated[TokenService, Depends(get_tokens)]
+IdGenerator = Annotated[Callable[[], str], Depends(get_id_generator)]
+
+router = APIRouter(tags=["users"])
+
+
+@router.post(
+    "/users",
+    status_code=201,
+    response_model=UserWithToken,
+    response_model_exclude_none=True,
+    summary="Create a user (the only unauthenticated call); answers it with a bearer token",
+    responses=ERROR_RESPONSES,
+)
+async def create_user(
+    body: CreateUserRequest,
+    store: Store,
+    publisher: Publisher,
+    tokens: Tokens,
+    new_id: IdGenerator,
+) -> UserWithToken:
+    return await handlers.create_user(
+        body, store=store, publisher=publisher, tokens=tokens, new_id=new_id
+    )
+
+
+@router.get(
+    "/users",
+    response_model=list[User],
+    response_model_exclude_none=True,
+    summary="Users the caller can create a room with (everyone but the caller), creation order",
+    description="Paged: `limit` (1-200, default 50); when more users exist, the `Link` header "
+    'holds `<url>; rel="next"` with an opaque `cursor` and the same `limit`.',
+    responses={
+        **ERROR_RESPONSES,
+        200: {"headers": {"Link": {"description": 'next page: `<url>; rel="next"`'}}},
+    },
+    dependencies=AUTH,
+)
+async def list_users(
+    request: Request,
+    response: Response,
+    store: Store,
+    caller: CurrentUserId,
+    limit: Annotated[int, Query(ge=1, le=200, description="page size")] = DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=MAX_CURSOR_LENGTH, description="opaque, from the previous Link"),
+    ] = None,
+) -> list[User]:
+    page = await handlers.list_users(store, caller, limit, cursor)
+    if page.next_cursor is not None:
+        next_url = request.url.replace_query_params(limit=limit, cursor=page.next_cursor)
+        response.headers["Link"] = link_header(str(next_url))
+    return page.users
+
+
+@router.get(
+    "/users/{user_id}",
+    response_model=User,
+    response_model_exclude_none=True,
+    summary="One user",
+    responses={**ERROR_RESPONSES, **NOT_FOUND},
+    dependencies=AUTH,
+)
+async def get_user(user_id: str, store: Store, _caller: CurrentUserId) -> User:
+    return await handlers.get_user(store, user_id)
+
+
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    response_model_exclude_none=True,
+    summary="A fresh token for the caller (send a valid, unexpired bearer token)",
+    responses=ERROR_RESPONSES,
+    dependencies=AUTH,
+)
+async def refresh_token(claims: CurrentClaims, tokens: Tokens) -> TokenResponse:
+    return handlers.refresh_token(tokens, claims)
