@@ -1,0 +1,1 @@
+"""I/O of the edge: the Redis connection map and the NATS bus."""

@@ -1,0 +1,69 @@
+"""Wiring of an edge node: the only place connections and adapters are built."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from infra.auth import TokenService
+from infra.bus import connect_nats
+from infra.cache import redis_client
+from infra.http import health_router, install_common_middleware, install_error_handlers
+from ws_edge.adapters.bus import EdgeBus
+from ws_edge.adapters.connmap import RedisConnectionMap
+from ws_edge.entrypoints import http as http_routes
+from ws_edge.entrypoints import ws as ws_routes
+from ws_edge.hub import Hub
+from ws_edge.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    tokens = TokenService(
+        settings.jwt_secret,
+        settings.jwt_issuer,
+        settings.token_ttl_seconds,
+        settings.token_leeway_seconds,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nc = await connect_nats(settings, f"ws-edge-{settings.node_id}")
+        redis = redis_client(settings)
+        hub = Hub(
+            settings,
+            EdgeBus(nc, settings.bus_timeout_seconds),
+            RedisConnectionMap(redis, settings.node_id, settings.node_ttl_seconds),
+            tokens,
+        )
+        app.state.hub = hub
+        app.state.nc = nc
+        app.state.redis = redis
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.going_away()
+            await hub.stop()
+            await nc.drain()
+            await redis.aclose()
+
+    app = FastAPI(title=f"chat ws-edge ({settings.node_id})", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.tokens = tokens
+    install_error_handlers(app)
+    install_common_middleware(app, settings.max_body_bytes, settings.cors_origin_list)
+
+    async def nats_ready() -> None:
+        if not app.state.nc.is_connected:
+            raise ConnectionError("nats not connected")
+
+    async def redis_ready() -> None:
+        await app.state.redis.ping()
+
+    app.include_router(health_router(lambda: {"nats": nats_ready, "redis": redis_ready}))
+    app.include_router(http_routes.router)
+    app.include_router(ws_routes.router)
+    return app

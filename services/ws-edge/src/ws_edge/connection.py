@@ -1,0 +1,113 @@
+"""One live client connection: identity, a bounded send queue drained by its own writer task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from infra.auth import Claims
+from ws_edge.domain.delivery import SentSet
+from ws_edge.domain.limits import AbuseMeter, TokenBucket
+
+log = logging.getLogger(__name__)
+
+SendText = Callable[[str], Awaitable[None]]
+Close = Callable[[int, str], Awaitable[None]]
+
+
+@dataclass
+class RoomView:
+    """What this connection has been sent of one room, and frames held during its sync."""
+
+    sent: SentSet = field(default_factory=SentSet)
+    syncing: bool = False
+    held: list[tuple[int, str]] = field(default_factory=list)
+
+
+class Connection:
+    """A client's socket as the hub sees it. `push` never blocks: a full queue disconnects."""
+
+    def __init__(
+        self,
+        claims: Claims,
+        send_text: SendText,
+        close: Close,
+        queue_size: int,
+        bucket: TokenBucket,
+        abuse: AbuseMeter,
+    ) -> None:
+        self.id = "c" + secrets.token_hex(8)
+        self.claims = claims
+        self.user_id = claims.user_id
+        self._send_text = send_text
+        self._close = close
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=queue_size)
+        self.bucket = bucket
+        self.abuse = abuse
+        self.rooms: dict[str, RoomView] = {}
+        self.announced_rooms: set[str] = set()
+        self.closed = False
+        self.close_code: int | None = None
+        self.writer: asyncio.Task[None] | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        self.opened = time.monotonic()
+
+    def view(self, room_id: str) -> RoomView:
+        view = self.rooms.get(room_id)
+        if view is None:
+            view = self.rooms[room_id] = RoomView()
+        return view
+
+    def start(self) -> None:
+        self.writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+
+    def push(self, text: str) -> bool:
+        """Queue a frame; a client whose queue is full is too slow and is disconnected (4408)."""
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(text)
+            return True
+        except asyncio.QueueFull:
+            log.warning(
+                "send queue full, disconnecting slow client", extra={"user_id": self.user_id}
+            )
+            self.close_soon(4408, "too slow: send queue full")
+            return False
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        asyncio.get_running_loop().create_task(self._do_close(code, reason))
+
+    async def _do_close(self, code: int, reason: str) -> None:
+        if self.writer is not None and code != 4408:
+            # let queued frames go out first (bounded) so nothing already sent is cut short
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(None)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self.writer), 2.0)
+        if self.writer is not None:
+            self.writer.cancel()
+        with contextlib.suppress(Exception):
+            await self._close(code, reason)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                text = await self.queue.get()
+                if text is None:
+                    return
+                await self._send_text(text)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # the socket is gone; the read loop notices and cleans up
+            self.closed = True

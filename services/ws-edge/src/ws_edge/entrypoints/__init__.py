@@ -1,0 +1,1 @@
+"""Transport: the /ws endpoint and the HTTP routes of the edge."""

@@ -1,0 +1,602 @@
+"""The hub of one edge node: local connections, per-room feeds, actions, bus events.
+
+Fan-out: the node subscribes to `chat.evt.message_created.<roomId>` only while it holds a
+connection of one of that room's participants (NATS routes by interest: no scan of all
+connections or nodes per message, no Redis round trip per message). Each message is encoded
+once per node and queued on every local member connection. User-targeted frames
+(`room_created`) reach a node on its own subject, routed with the Redis connection map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import orjson
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from contracts import subjects
+from contracts.bus import (
+    CommandRejected,
+    CreateMessageCommand,
+    CreateRoomCommand,
+    DeliverToUsers,
+    HistoryRangeQuery,
+    MessageCreated,
+    Origin,
+    RoomCreated,
+)
+from contracts.common import check_not_in_future
+from contracts.errors import ChatError, ErrorCode
+from contracts.rest import Message, Room
+from contracts.ws import (
+    ClientAction,
+    CreateMessageAction,
+    CreateRoomAction,
+    ErrorFrame,
+    MessageCreatedFrame,
+    RefreshAction,
+    RefreshedFrame,
+    RoomCreatedFrame,
+    SyncAction,
+    SyncedFrame,
+)
+from infra.auth import TokenService
+from ws_edge.adapters.bus import EdgeBus
+from ws_edge.adapters.connmap import RedisConnectionMap
+from ws_edge.connection import Connection
+from ws_edge.domain.delivery import RoomOrder
+from ws_edge.domain.frames import error_frame
+from ws_edge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GAP_FILL_ATTEMPTS = 20
+
+
+def encode(frame: object) -> str:
+    """Frames leave without null fields (`requestId` only where it answers this connection)."""
+    assert hasattr(frame, "model_dump_json")
+    text: str = frame.model_dump_json(exclude_none=True)
+    return text
+
+
+@dataclass
+class RoomFeed:
+    """A room this node delivers: ordering state, local member connections, subscription."""
+
+    room_id: str
+    order: RoomOrder
+    members: set[Connection] = field(default_factory=set)
+    origins: dict[int, Origin] = field(default_factory=dict)
+    subscription: Subscription | None = None
+    filling: asyncio.Task[None] | None = None
+
+
+class Hub:
+    """Everything one edge node knows about its live connections."""
+
+    def __init__(
+        self, settings: Settings, bus: EdgeBus, connmap: RedisConnectionMap, tokens: TokenService
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.connmap = connmap
+        self.tokens = tokens
+        self.node = settings.node_id
+        self.conns: dict[str, Connection] = {}
+        self.by_user: dict[str, set[Connection]] = {}
+        self.user_rooms: dict[str, set[str]] = {}
+        self.feeds: dict[str, RoomFeed] = {}
+        self._feed_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._node_sub: Subscription | None = None
+        self._map_dirty = False
+        self.stopping = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._node_sub = await self.bus.subscribe(subjects.node(self.node), self._on_node_msg)
+        await self.connmap.heartbeat({})
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        self._tasks.append(asyncio.create_task(self._router_loop(), name="room-router"))
+
+    async def going_away(self) -> None:
+        """Graceful shutdown: tell every client to reconnect elsewhere (1001) and leave Redis."""
+        self.stopping = True
+        for conn in list(self.conns.values()):
+            conn.close_soon(1001, "node going away: reconnect and sync")
+        with contextlib.suppress(Exception):
+            await self.connmap.leave({c.id: c.user_id for c in self.conns.values()})
+        await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for feed in list(self.feeds.values()):
+            if feed.subscription is not None:
+                with contextlib.suppress(Exception):
+                    await feed.subscription.unsubscribe()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(1.0, self.settings.node_ttl_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                local = {c.id: c.user_id for c in self.conns.values()}
+                if self._map_dirty:
+                    self.connmap.epoch = self.connmap.epoch + "x"  # force re-registration
+                    self._map_dirty = False
+                await self.connmap.heartbeat(local)
+            except Exception as exc:
+                self._map_dirty = True
+                log.warning("redis heartbeat failed: %s", exc)
+
+    # --- connections --------------------------------------------------------------------------
+
+    async def attach(self, conn: Connection) -> None:
+        """Register a new connection, learn its user's rooms and subscribe their feeds.
+
+        Registration in Redis comes before the room list is read, so a room created
+        meanwhile is either in the list or routed to this node.
+        """
+        self.conns[conn.id] = conn
+        self.by_user.setdefault(conn.user_id, set()).add(conn)
+        try:
+            await self.connmap.register(conn.user_id, conn.id)
+        except Exception as exc:
+            self._map_dirty = True
+            log.warning("redis register failed (will re-register): %s", exc)
+        rooms = await self._load_user_rooms(conn.user_id, force=conn.user_id not in self.user_rooms)
+        for room_id in rooms:
+            await self._join(conn, room_id, new_room=False)
+        with contextlib.suppress(Exception):
+            await self.bus.nc.flush(timeout=2)
+        self._schedule_expiry(conn)
+
+    async def detach(self, conn: Connection) -> None:
+        conn.closed = True
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+        self.conns.pop(conn.id, None)
+        users = self.by_user.get(conn.user_id)
+        if users is not None:
+            users.discard(conn)
+            if not users:
+                del self.by_user[conn.user_id]
+                self.user_rooms.pop(conn.user_id, None)
+        for room_id in list(conn.rooms):
+            feed = self.feeds.get(room_id)
+            if feed is None:
+                continue
+            feed.members.discard(conn)
+            if not feed.members:
+                await self._drop_feed(feed)
+        if not self.stopping:
+            try:
+                await self.connmap.unregister(conn.user_id, conn.id)
+            except Exception as exc:
+                log.warning("redis unregister failed: %s", exc)
+
+    def _schedule_expiry(self, conn: Connection) -> None:
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+        delay = max(0.0, self.tokens.seconds_left(conn.claims))
+        conn.expiry = asyncio.get_running_loop().call_later(
+            delay, conn.close_soon, 4401, "token expired"
+        )
+
+    async def _load_user_rooms(self, user_id: str, force: bool) -> set[str]:
+        if force or user_id not in self.user_rooms:
+            rooms = set(await self.bus.user_rooms(user_id))
+            self.user_rooms.setdefault(user_id, set()).update(rooms)
+        return self.user_rooms.get(user_id, set())
+
+    # --- feeds --------------------------------------------------------------------------------
+
+    async def _join(self, conn: Connection, room_id: str, new_room: bool) -> None:
+        feed = self.feeds.get(room_id)
+        if feed is None:
+            async with self._feed_lock:
+                feed = self.feeds.get(room_id)
+                if feed is None:
+                    feed = RoomFeed(room_id, RoomOrder(delivered=0 if new_room else None))
+                    self.feeds[room_id] = feed
+                    feed.subscription = await self.bus.subscribe(
+                        subjects.message_created(room_id), self._on_room_msg
+                    )
+        feed.members.add(conn)
+        conn.view(room_id)
+
+    async def _drop_feed(self, feed: RoomFeed) -> None:
+        self.feeds.pop(feed.room_id, None)
+        if feed.filling is not None:
+            feed.filling.cancel()
+        if feed.subscription is not None:
+            with contextlib.suppress(Exception):
+                await feed.subscription.unsubscribe()
+
+    async def _on_room_msg(self, msg: Msg) -> None:
+        try:
+            event = MessageCreated.model_validate_json(msg.data)
+        except ValidationError:
+            log.warning("undecodable MessageCreated on %s", msg.subject)
+            return
+        feed = self.feeds.get(event.message.roomId)
+        if feed is None:
+            return
+        if event.origin is not None:
+            feed.origins[event.message.seq] = event.origin
+        self._release(feed, feed.order.offer(event.message))
+        if feed.order.gap() is not None and feed.filling is None:
+            feed.filling = asyncio.create_task(self._fill_gap(feed))
+
+    async def _fill_gap(self, feed: RoomFeed) -> None:
+        """Read missing seqs from history before releasing anything newer."""
+        try:
+            attempts = 0
+            while (gap := feed.order.gap()) is not None:
+                after, up_to = gap
+                try:
+                    reply = await self.bus.history(
+                        HistoryRangeQuery(rooms={feed.room_id: after}, limit=500)
+                    )
+                    got = reply.rooms.get(feed.room_id)
+                    found = [m for m in (got.messages if got else []) if m.seq <= up_to]
+                    self._release(feed, feed.order.fill(found))
+                    if not found:
+                        attempts += 1
+                except Exception as exc:
+                    attempts += 1
+                    log.warning("gap fill for %s failed: %s", feed.room_id, exc)
+                if attempts >= GAP_FILL_ATTEMPTS:
+                    # history is unreachable: release what we have; clients sync the rest
+                    first = min(feed.order.pending)
+                    feed.order.delivered = first - 1
+                    self._release(feed, feed.order.fill([]))
+                    log.error("gave up filling gap in %s before seq %d", feed.room_id, first)
+                    attempts = 0
+                if feed.order.gap() is not None:
+                    await asyncio.sleep(min(0.05 * (attempts + 1), 1.0))
+        finally:
+            feed.filling = None
+
+    def _release(self, feed: RoomFeed, messages: list[Message]) -> None:
+        for message in messages:
+            text = encode(MessageCreatedFrame(message=message))
+            origin = feed.origins.pop(message.seq, None)
+            for conn in feed.members:
+                out = text
+                if origin is not None and origin.conn == conn.id and origin.requestId:
+                    out = encode(MessageCreatedFrame(message=message, requestId=origin.requestId))
+                self._send_message(conn, message.roomId, message.seq, out)
+
+    def _send_message(self, conn: Connection, room_id: str, seq: int, text: str) -> None:
+        view = conn.view(room_id)
+        if seq in view.sent:
+            return
+        if view.syncing:
+            view.held.append((seq, text))
+            return
+        view.sent.add(seq)
+        conn.push(text)
+
+    # --- node subject: rejections, direct answers, user-targeted frames -----------------------
+
+    async def _on_node_msg(self, msg: Msg) -> None:
+        try:
+            kind = orjson.loads(msg.data).get("event")
+            if kind == "CommandRejected":
+                rejected = CommandRejected.model_validate_json(msg.data)
+                conn = self.conns.get(rejected.origin.conn or "")
+                if conn is not None:
+                    conn.push(
+                        encode(
+                            ErrorFrame(
+                                error=rejected.error,
+                                requestId=rejected.origin.requestId,
+                                messageId=rejected.messageId,
+                                roomId=rejected.roomId,
+                            )
+                        )
+                    )
+            elif kind == "MessageCreated":
+                answer = MessageCreated.model_validate_json(msg.data)
+                origin = answer.origin
+                conn = self.conns.get(origin.conn or "") if origin else None
+                if conn is not None and origin is not None:
+                    # the answer to this connection's own retry: sent even if sent before
+                    m = answer.message
+                    conn.view(m.roomId).sent.add(m.seq)
+                    conn.push(encode(MessageCreatedFrame(message=m, requestId=origin.requestId)))
+            elif kind == "DeliverToUsers":
+                await self._deliver_to_users(DeliverToUsers.model_validate_json(msg.data))
+        except (ValidationError, orjson.JSONDecodeError, AttributeError) as exc:
+            log.warning("bad node message: %s", exc)
+
+    async def _deliver_to_users(self, delivery: DeliverToUsers) -> None:
+        frame = delivery.frame
+        if frame.get("type") != "room_created":
+            text = orjson.dumps(frame).decode()
+            for user_id in delivery.userIds:
+                for conn in self.by_user.get(user_id, ()):
+                    conn.push(text)
+            return
+        room = Room.model_validate(frame["room"])
+        await self._announce_room(room, delivery.userIds, delivery.origin)
+
+    async def _announce_room(self, room: Room, user_ids: list[str], origin: Origin | None) -> None:
+        plain = encode(RoomCreatedFrame(room=room))
+        for user_id in user_ids:
+            conns = list(self.by_user.get(user_id, ()))
+            if not conns:
+                continue
+            self.user_rooms.setdefault(user_id, set()).add(room.id)
+            for conn in conns:
+                await self._join(conn, room.id, new_room=True)
+                if room.id in conn.announced_rooms:
+                    continue
+                conn.announced_rooms.add(room.id)
+                text = plain
+                if origin is not None and origin.conn == conn.id and origin.requestId:
+                    text = encode(RoomCreatedFrame(room=room, requestId=origin.requestId))
+                conn.push(text)
+
+    async def _router_loop(self) -> None:
+        """Route RoomCreated to the nodes holding a participant (one edge handles each event)."""
+        while True:
+            try:
+                sub = await self.bus.js.pull_subscribe(
+                    subjects.ROOM_CREATED,
+                    durable=subjects.EDGE_ROOM_ROUTER_CONSUMER,
+                    stream=subjects.EVENTS_STREAM,
+                    config=ConsumerConfig(
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.NEW,
+                        ack_wait=10,
+                        max_ack_pending=1000,
+                    ),
+                )
+                break
+            except Exception as exc:
+                log.warning("router consumer not ready: %s", exc)
+                await asyncio.sleep(1)
+        while True:
+            try:
+                msgs = await sub.fetch(64, timeout=1)
+            except TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("router fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._route_room_created(msg)
+
+    async def _route_room_created(self, msg: Msg) -> None:
+        try:
+            event = RoomCreated.model_validate_json(msg.data)
+        except ValidationError:
+            log.warning("undecodable RoomCreated")
+            await msg.term()
+            return
+        try:
+            user_ids = [p.id for p in event.room.participants]
+            nodes = await self.connmap.nodes_of(user_ids)
+            frame = RoomCreatedFrame(room=event.room).model_dump(exclude_none=True)
+            for node, users in nodes.items():
+                delivery = DeliverToUsers(
+                    userIds=users,
+                    frame=frame,
+                    subscribeRoom=event.room.id,
+                    origin=event.origin,
+                )
+                await self.bus.nc.publish(subjects.node(node), delivery.model_dump_json().encode())
+            await msg.ack()
+        except Exception as exc:
+            log.warning("routing RoomCreated failed, will retry: %s", exc)
+            await msg.nak(delay=1)
+
+    # --- actions ------------------------------------------------------------------------------
+
+    async def handle(self, conn: Connection, action: ClientAction) -> None:
+        try:
+            if isinstance(action, CreateMessageAction):
+                await self._create_message(conn, action)
+            elif isinstance(action, CreateRoomAction):
+                await self._create_room(conn, action)
+            elif isinstance(action, SyncAction):
+                await self._sync(conn, action)
+            elif isinstance(action, RefreshAction):
+                self._refresh(conn, action)
+        except TimeoutError:
+            conn.push(
+                encode(
+                    error_frame(
+                        ErrorCode.UNAVAILABLE,
+                        "a service did not answer in time; retry",
+                        action.requestId,
+                        getattr(action, "messageId", None),
+                    )
+                )
+            )
+        except Exception as exc:
+            log.exception("action %s failed", action.action)
+            conn.push(
+                encode(
+                    error_frame(
+                        ErrorCode.UNAVAILABLE,
+                        f"temporarily unavailable ({type(exc).__name__}); retry",
+                        action.requestId,
+                        getattr(action, "messageId", None),
+                    )
+                )
+            )
+
+    def _origin(self, conn: Connection, request_id: str | None) -> Origin:
+        return Origin(node=self.node, conn=conn.id, requestId=request_id)
+
+    async def _is_member(self, user_id: str, room_id: str) -> bool:
+        if room_id in self.user_rooms.get(user_id, ()):
+            return True
+        rooms = await self._load_user_rooms(user_id, force=True)
+        return room_id in rooms
+
+    async def _create_message(self, conn: Connection, action: CreateMessageAction) -> None:
+        def refuse(code: ErrorCode, text: str) -> None:
+            conn.push(
+                encode(error_frame(code, text, action.requestId, action.messageId, action.roomId))
+            )
+
+        if action.senderId != conn.user_id:
+            refuse(ErrorCode.SENDER_MISMATCH, "senderId must be the connection's own user")
+            return
+        try:
+            check_not_in_future(action.createdAt)
+        except ValueError as exc:
+            refuse(ErrorCode.INVALID_CREATED_AT, str(exc))
+            return
+        if not await self._is_member(conn.user_id, action.roomId):
+            reply = await self.bus.get_room(action.roomId)
+            if reply.room is None:
+                refuse(ErrorCode.UNKNOWN_ROOM, "no such room")
+            else:
+                refuse(ErrorCode.NOT_PARTICIPANT, "you are not a participant of this room")
+            return
+        if action.roomId not in conn.rooms:
+            await self._join(conn, action.roomId, new_room=False)
+        await self.bus.send_message(
+            CreateMessageCommand(
+                userId=conn.user_id,
+                roomId=action.roomId,
+                messageId=action.messageId,
+                content=action.content,
+                createdAt=action.createdAt,
+                origin=self._origin(conn, action.requestId),
+            )
+        )
+
+    async def _create_room(self, conn: Connection, action: CreateRoomAction) -> None:
+        reply = await self.bus.create_room(
+            CreateRoomCommand(
+                userId=conn.user_id,
+                participants=action.participants,
+                origin=self._origin(conn, action.requestId),
+            )
+        )
+        if reply.room is None:
+            error = reply.error
+            conn.push(
+                encode(
+                    error_frame(
+                        error.code if error else ErrorCode.UNAVAILABLE,
+                        error.message if error else "room not created",
+                        action.requestId,
+                    )
+                )
+            )
+            return
+        # the creator's connection hears at once; the other connections via the router
+        self.user_rooms.setdefault(conn.user_id, set()).add(reply.room.id)
+        await self._join(conn, reply.room.id, new_room=True)
+        if reply.room.id not in conn.announced_rooms:
+            conn.announced_rooms.add(reply.room.id)
+            conn.push(encode(RoomCreatedFrame(room=reply.room, requestId=action.requestId)))
+
+    async def _sync(self, conn: Connection, action: SyncAction) -> None:
+        rooms = await self._load_user_rooms(conn.user_id, force=True)
+        named: dict[str, int] = {}
+        for room_id, last in action.rooms.items():
+            if room_id in rooms:
+                named[room_id] = last
+            else:
+                conn.push(
+                    encode(
+                        error_frame(
+                            ErrorCode.NOT_PARTICIPANT,
+                            "not a room of yours (left out of the sync)",
+                            action.requestId,
+                            room_id=room_id,
+                        )
+                    )
+                )
+        for room_id in rooms:
+            if room_id not in conn.rooms:
+                await self._join(conn, room_id, new_room=False)
+        for room_id in named:
+            conn.view(room_id).syncing = True
+        try:
+            query: dict[str, int | None] = {r: None for r in rooms}
+            query.update(named)
+            reply = await self.bus.history(
+                HistoryRangeQuery(rooms=query, limit=self.settings.sync_replay_limit)
+            )
+        except BaseException:
+            for room_id in named:
+                self._end_sync(conn, room_id)
+            raise
+        truncated: list[str] = []
+        latest: dict[str, int] = {}
+        for room_id in rooms:
+            got = reply.rooms.get(room_id)
+            view = conn.view(room_id)
+            if room_id in named and got is not None:
+                for message in got.messages:
+                    if message.seq not in view.sent:
+                        view.sent.add(message.seq)
+                        conn.push(encode(MessageCreatedFrame(message=message)))
+                if got.truncated:
+                    truncated.append(room_id)
+            if room_id in named:
+                self._end_sync(conn, room_id)
+            latest[room_id] = max(got.latest if got else 0, view.sent.highest)
+        conn.push(
+            encode(
+                SyncedFrame(rooms=latest, truncated=truncated or None, requestId=action.requestId)
+            )
+        )
+
+    def _end_sync(self, conn: Connection, room_id: str) -> None:
+        view = conn.view(room_id)
+        view.syncing = False
+        held, view.held = sorted(view.held), []
+        for seq, text in held:
+            if seq not in view.sent:
+                view.sent.add(seq)
+                conn.push(text)
+
+    def _refresh(self, conn: Connection, action: RefreshAction) -> None:
+        try:
+            claims = self.tokens.verify(action.token)
+        except ChatError as exc:
+            conn.push(encode(error_frame(exc.code, exc.message, action.requestId)))
+            return
+        if claims.user_id != conn.user_id:
+            conn.push(
+                encode(
+                    error_frame(
+                        ErrorCode.FORBIDDEN, "token belongs to another user", action.requestId
+                    )
+                )
+            )
+            return
+        conn.claims = claims
+        self._schedule_expiry(conn)
+        conn.push(
+            encode(RefreshedFrame(expiresAt=claims.expires_at_iso, requestId=action.requestId))
+        )
+
+    def now(self) -> float:
+        return time.monotonic()

@@ -1,0 +1,35 @@
+"""Edge node settings (env prefix CHAT_); every limit is configurable."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from infra.settings import CommonSettings
+
+
+class Settings(CommonSettings):
+    service_name: str = "ws-edge"
+    port: int = 8080
+    node_id: str = Field(default="a", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+
+    public_users_url: str = "http://127.0.0.1:8001"
+    public_rooms_url: str = "http://127.0.0.1:8003"
+    public_history_url: str = "http://127.0.0.1:8002"
+
+    # frames
+    max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    # frames over this are not even read: the socket is closed with 1009
+    hard_max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # per connection token bucket: capacity and refill per second
+    rate_burst: int = Field(default=200, ge=1)
+    rate_per_second: float = Field(default=100.0, gt=0)
+    # refused frames within the window that make a client abusive (closed with 4429)
+    abuse_refusals: int = Field(default=100, ge=1)
+    abuse_window_seconds: float = Field(default=10.0, gt=0)
+    # frames waiting for a slow client before it is disconnected with 4408
+    send_queue_frames: int = Field(default=1024, ge=8)
+    max_connections_per_user: int = Field(default=20, ge=1)
+    ping_interval_seconds: float = Field(default=20.0, gt=0)
+    bus_timeout_seconds: float = Field(default=5.0, gt=0)
+    node_ttl_seconds: int = Field(default=15, ge=3)
+    sync_replay_limit: int = Field(default=500, ge=1, le=500)
