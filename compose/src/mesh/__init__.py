@@ -1,1 +1,1 @@
-"""The embedded local mesh: servers, supervisor, test fixtures."""
+"""The embedded local mesh: servers, the `make run` supervisor and the pytest fixtures."""
