@@ -1,11 +1,15 @@
 # The two commands: `make run` (the whole mesh, embedded infrastructure) and `make test`.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MEMBERS := contracts libs/infra services/users services/rooms services/history services/ws-edge compose
 PACKAGES := contracts/src libs/infra/src services/users/src services/rooms/src services/history/src services/ws-edge/src compose/src
+
+# pip on some machines warns about unreachable local find-links folders: keep real errors only
+PIPFILTER := { grep -v "is ignored: it is neither" || true; }
 
 .PHONY: run test lint typecheck unit integration faults install lock clean provision asyncapi
 
@@ -20,9 +24,8 @@ install: $(STAMP) compose/node_modules/.installed
 
 $(STAMP): requirements.lock $(foreach m,$(MEMBERS),$(m)/pyproject.toml)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
-	@$(BIN)/python -m pip install -q --no-deps --no-build-isolation $(foreach m,$(MEMBERS),-e $(m))
+	@$(BIN)/python -m pip install -q --require-hashes -r requirements.lock 2>&1 | $(PIPFILTER)
+	@$(BIN)/python -m pip install -q --no-deps --no-build-isolation $(foreach m,$(MEMBERS),-e $(m)) 2>&1 | $(PIPFILTER)
 	@touch $@
 
 compose/node_modules/.installed: compose/package.json compose/package-lock.json
