@@ -1,0 +1,44 @@
+"""Publishing history's events and rejections on NATS."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from nats.aio.client import Client as NATS
+
+from contracts import subjects
+from contracts.bus import CommandRejected, MessageCreated
+
+
+class EventPublisher(Protocol):
+    async def message_created(self, event: MessageCreated, also_to_node: bool) -> None:
+        """Announce a stored message on its room's subject (and the origin node's subject)."""
+
+    async def rejected(self, event: CommandRejected) -> None:
+        """Tell the origin node that a command was refused."""
+
+    async def flush(self) -> None:
+        """Return once everything published so far has reached the bus."""
+
+
+class NatsPublisher:
+    """`EventPublisher` on core NATS (the CHAT_EVENTS stream captures `chat.evt.>`)."""
+
+    def __init__(self, nc: NATS, flush_timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._flush_timeout = flush_timeout
+
+    async def message_created(self, event: MessageCreated, also_to_node: bool) -> None:
+        payload = event.model_dump_json().encode()
+        await self._nc.publish(subjects.message_created(event.message.roomId), payload)
+        if also_to_node and event.origin is not None and event.origin.node:
+            await self._nc.publish(subjects.node(event.origin.node), payload)
+
+    async def rejected(self, event: CommandRejected) -> None:
+        if event.origin.node:
+            await self._nc.publish(
+                subjects.node(event.origin.node), event.model_dump_json().encode()
+            )
+
+    async def flush(self) -> None:
+        await self._nc.flush(timeout=int(max(1, self._flush_timeout)))

@@ -1,0 +1,121 @@
+"""The only wiring: settings -> adapters -> handlers -> entrypoints, opened in the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from history_service.adapters.publisher import NatsPublisher
+from history_service.adapters.rooms import NatsRoomDirectory
+from history_service.adapters.store import DynamoMessageStore, MessageStore
+from history_service.entrypoints import http as http_entry
+from history_service.entrypoints.bus import (
+    CreateMessageConsumer,
+    PullOptions,
+    RangeResponder,
+    RoomCreatedConsumer,
+)
+from history_service.handlers import CreateMessageHandler, MessageWriter, RoomAccess
+from history_service.settings import Settings
+from infra.auth import TokenService
+from infra.bus import connect_nats
+from infra.http import (
+    ReadinessCheck,
+    health_router,
+    install_common_middleware,
+    install_error_handlers,
+)
+from infra.store import open_dynamo
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The history service's ASGI app; connections are opened by its lifespan, not here."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nc = await connect_nats(settings, settings.service_name)
+        try:
+            async with open_dynamo(settings) as client:
+                store = DynamoMessageStore(
+                    client, settings.table("messages"), settings.table("history_meta")
+                )
+                publisher = NatsPublisher(nc)
+                directory = NatsRoomDirectory(nc, settings.rooms_query_timeout_seconds)
+                rooms = RoomAccess(store, directory, settings.room_cache_size)
+                writer = MessageWriter(store, settings.tail_cache_size)
+                handler = CreateMessageHandler(writer, rooms, publisher)
+                options = PullOptions(
+                    batch=settings.commands_batch,
+                    fetch_timeout=settings.commands_fetch_timeout_seconds,
+                    ack_wait=settings.commands_ack_wait_seconds,
+                    nak_delay=settings.nak_delay_seconds,
+                )
+                js = nc.jetstream(timeout=10)
+                commands = CreateMessageConsumer(js, handler, publisher, options)
+                room_events = RoomCreatedConsumer(js, rooms, options)
+                ranges = RangeResponder(nc, store)
+                app.state.store = store
+                app.state.rooms = rooms
+                app.state.writer = writer
+                app.state.nc = nc
+                await ranges.start()
+                await room_events.loop.start()
+                await commands.loop.start()
+                log.info("history ready")
+                try:
+                    yield
+                finally:
+                    await commands.loop.stop()
+                    await room_events.loop.stop()
+                    await ranges.stop()
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+
+    app = FastAPI(
+        title="chat history",
+        version="1.0.0",
+        description="Messages of rooms with a gap-free per-room `seq`; applies create_message "
+        "commands from JetStream exactly once and publishes MessageCreated.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.tokens = TokenService(
+        settings.jwt_secret,
+        settings.jwt_issuer,
+        settings.token_ttl_seconds,
+        settings.token_leeway_seconds,
+    )
+    install_error_handlers(app)
+    install_common_middleware(app, settings.max_body_bytes, settings.cors_origin_list)
+
+    def checks() -> dict[str, ReadinessCheck]:
+        async def store_ready() -> None:
+            store: MessageStore | None = getattr(app.state, "store", None)
+            if store is None:
+                raise RuntimeError("not started")
+            await store.ping()
+
+        async def nats_ready() -> None:
+            nc = getattr(app.state, "nc", None)
+            if nc is None or not nc.is_connected:
+                raise RuntimeError("not connected")
+
+        return {"store": store_ready, "nats": nats_ready}
+
+    app.include_router(health_router(checks))
+    app.include_router(http_entry.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

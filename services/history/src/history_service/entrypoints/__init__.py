@@ -1,0 +1,1 @@
+"""Transports: FastAPI routers (http.py) and NATS subscribers / JetStream consumers (bus.py)."""

@@ -1,0 +1,305 @@
+"""NATS entrypoints: the create_message JetStream consumer, the rooms read-model consumer and
+the history range responder. Each decodes a contract model, calls a handler, and acks/answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError
+from pydantic import ValidationError
+
+from contracts import subjects
+from contracts.bus import (
+    CreateMessageCommand,
+    HistoryRangeQuery,
+    HistoryRangeReply,
+    RoomCreated,
+)
+from contracts.errors import ErrorCode, ErrorDetail
+from history_service.adapters.publisher import EventPublisher
+from history_service.adapters.store import MessageStore
+from history_service.domain import Unavailable
+from history_service.handlers import (
+    CreateMessageHandler,
+    RoomAccess,
+    apply_room_created,
+    history_range,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    batch: int = 64
+    fetch_timeout: float = 1.0
+    ack_wait: float = 30.0
+    nak_delay: float = 2.0
+
+
+async def ensure_consumer(
+    js: JetStreamContext, stream: str, durable: str, filter_subject: str, ack_wait: float
+) -> None:
+    """Create the durable pull consumer if missing (idempotent; concurrent starts are fine)."""
+    config = ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        filter_subject=filter_subject,
+        max_ack_pending=10_000,
+    )
+    try:
+        await js.add_consumer(stream, config=config)
+    except BadRequestError as exc:  # exists with another configuration: keep it
+        log.warning("consumer %s kept as is: %s", durable, exc)
+
+
+class PullLoop:
+    """Fetches batches from a durable pull consumer and hands them to `process` until stopped."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        options: PullOptions,
+        process: Callable[[list[Msg]], Awaitable[None]],
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._durable = durable
+        self._filter = filter_subject
+        self._options = options
+        self._process = process
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        await ensure_consumer(
+            self._js, self._stream, self._durable, self._filter, self._options.ack_wait
+        )
+        sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
+        self._task = asyncio.create_task(self._run(sub), name=f"pull:{self._durable}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then stop fetching."""
+        self._stopping = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping:
+            try:
+                msgs = await sub.fetch(self._options.batch, timeout=self._options.fetch_timeout)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("fetch from %s failed: %s", self._durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                await self._process(msgs)
+            except Exception:  # never let the loop die; unacked messages come back
+                log.exception("processing a batch of %s failed", self._durable)
+
+
+async def _nak(msg: Msg, delay: float) -> None:
+    with contextlib.suppress(Exception):
+        await msg.nak(delay=delay)
+
+
+class CreateMessageConsumer:
+    """`chat.cmd.create_message.*` from CHAT_COMMANDS (durable `history-create-message`).
+
+    A batch is grouped by room keeping stream order: rooms run concurrently, each room's
+    commands one after the other (so a connection's messages keep their order). A command is
+    acked only after its store write and the flush of its publishes; a store or rooms outage
+    naks it with a delay (JetStream keeps it; it is applied once when they are back), and the
+    room's later commands in the batch with it, to keep their order.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        handler: CreateMessageHandler,
+        publisher: EventPublisher,
+        options: PullOptions,
+    ) -> None:
+        self.handler = handler
+        self.publisher = publisher
+        self.options = options
+        self.loop = PullLoop(
+            js,
+            subjects.COMMANDS_STREAM,
+            subjects.HISTORY_COMMANDS_CONSUMER,
+            subjects.CREATE_MESSAGE_ALL,
+            options,
+            self.process,
+        )
+
+    async def process(self, msgs: list[Msg]) -> None:
+        groups: dict[str, list[tuple[Msg, CreateMessageCommand]]] = {}
+        for msg in msgs:
+            try:
+                command = CreateMessageCommand.model_validate_json(msg.data)
+            except ValidationError as exc:
+                log.warning("undecodable create_message on %s dropped: %s", msg.subject, exc)
+                with contextlib.suppress(Exception):
+                    await msg.term()
+                continue
+            groups.setdefault(command.roomId, []).append((msg, command))
+        await asyncio.gather(*(self._room(items) for items in groups.values()))
+
+    async def _room(self, items: list[tuple[Msg, CreateMessageCommand]]) -> None:
+        handled: list[Msg] = []
+        blocked = False
+        for msg, command in items:
+            if blocked:
+                await _nak(msg, self.options.nak_delay)
+                continue
+            try:
+                await self.handler.handle(command)
+                handled.append(msg)
+            except Unavailable as exc:
+                log.warning("create_message postponed: %s", exc, extra={"room_id": command.roomId})
+                blocked = True
+                await _nak(msg, self.options.nak_delay)
+            except Exception:
+                log.exception("create_message failed", extra={"room_id": command.roomId})
+                blocked = True
+                await _nak(msg, self.options.nak_delay)
+        if not handled:
+            return
+        try:
+            await self.publisher.flush()
+        except Exception as exc:  # events may not have left: redeliver (re-publish is harmless)
+            log.warning("flush failed, commands will be redelivered: %s", exc)
+            for msg in handled:
+                await _nak(msg, self.options.nak_delay)
+            return
+        for msg in handled:
+            with contextlib.suppress(Exception):
+                await msg.ack()
+
+
+class RoomCreatedConsumer:
+    """`chat.evt.room_created` from CHAT_EVENTS (durable `history-room-created`) -> read model."""
+
+    def __init__(self, js: JetStreamContext, rooms: RoomAccess, options: PullOptions) -> None:
+        self.rooms = rooms
+        self.options = options
+        self.loop = PullLoop(
+            js,
+            subjects.EVENTS_STREAM,
+            subjects.HISTORY_ROOMS_CONSUMER,
+            subjects.ROOM_CREATED,
+            options,
+            self.process,
+        )
+
+    async def process(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            try:
+                event = RoomCreated.model_validate_json(msg.data)
+            except ValidationError as exc:
+                log.warning("undecodable RoomCreated dropped: %s", exc)
+                with contextlib.suppress(Exception):
+                    await msg.term()
+                continue
+            try:
+                await apply_room_created(self.rooms, event)
+            except Exception as exc:
+                log.warning("RoomCreated postponed: %s", exc)
+                await _nak(msg, self.options.nak_delay)
+                continue
+            with contextlib.suppress(Exception):
+                await msg.ack()
+
+
+def fit_reply(reply: HistoryRangeReply, max_bytes: int) -> bytes:
+    """Encode a range reply within the bus's payload limit: the largest room lists are cut
+    (oldest kept, marked truncated) until it fits; the client pages on over HTTP."""
+    data = reply.model_dump_json(exclude_none=True).encode()
+    while len(data) > max_bytes:
+        biggest = max(reply.rooms.values(), key=lambda r: len(r.messages), default=None)
+        if biggest is None or not biggest.messages:
+            error = ErrorDetail(code=str(ErrorCode.VALIDATION_ERROR), message="too many rooms")
+            return HistoryRangeReply(rooms={}, error=error).model_dump_json().encode()
+        biggest.messages = biggest.messages[: len(biggest.messages) // 2]
+        biggest.truncated = True
+        data = reply.model_dump_json(exclude_none=True).encode()
+    return data
+
+
+class RangeResponder:
+    """`chat.q.history.range` (queue group `history`): requests are answered concurrently."""
+
+    def __init__(self, nc: NATS, store: MessageStore, max_in_flight: int = 64) -> None:
+        self._nc = nc
+        self._store = store
+        self._gate = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: object | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(
+            subjects.HISTORY_RANGE, queue=subjects.Q_HISTORY, cb=self._on_request
+        )
+
+    async def stop(self) -> None:
+        sub = self._sub
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
+    async def _on_request(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def answer(self, data: bytes) -> HistoryRangeReply:
+        try:
+            query = HistoryRangeQuery.model_validate_json(data)
+        except ValidationError as exc:
+            message = str(exc.errors()[0].get("msg", "invalid query")) if exc.errors() else ""
+            error = ErrorDetail(code=str(ErrorCode.VALIDATION_ERROR), message=message[:300])
+            return HistoryRangeReply(rooms={}, error=error)
+        try:
+            return await history_range(self._store, query)
+        except Exception as exc:
+            log.warning("history range failed: %s", exc)
+            error = ErrorDetail(code=str(ErrorCode.UNAVAILABLE), message="store unavailable")
+            return HistoryRangeReply(rooms={}, error=error, correlationId=query.correlationId)
+
+    async def _answer(self, msg: Msg) -> None:
+        async with self._gate:
+            reply = await self.answer(msg.data)
+            if not msg.reply:
+                return
+            try:
+                await msg.respond(fit_reply(reply, max(1024, self._nc.max_payload - 4096)))
+            except Exception as exc:
+                log.warning("history range reply failed: %s", exc)

@@ -1,0 +1,59 @@
+"""HTTP: `GET /rooms/{room_id}/messages` (paged history for a participant)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Request, Response
+
+from contracts.errors import ErrorBody
+from contracts.rest import Message
+from history_service.adapters.store import MessageStore
+from history_service.domain import parse_page
+from history_service.handlers import RoomAccess, list_messages
+from infra.http import ERROR_RESPONSES, CurrentUserId, link_header
+
+router = APIRouter(tags=["history"])
+
+
+def _store(request: Request) -> MessageStore:
+    store: MessageStore = request.app.state.store
+    return store
+
+
+def _rooms(request: Request) -> RoomAccess:
+    rooms: RoomAccess = request.app.state.rooms
+    return rooms
+
+
+@router.get(
+    "/rooms/{room_id}/messages",
+    summary="A page of a room's messages, oldest first",
+    response_model=list[Message],
+    responses={
+        **ERROR_RESPONSES,
+        403: {"model": ErrorBody, "description": "not a participant (`not_participant`)"},
+        404: {"model": ErrorBody, "description": "unknown room (`unknown_room`)"},
+        200: {
+            "description": 'Messages oldest first. `Link: <url>; rel="next"` when more lie '
+            "beyond the page in the same direction (older, or newer with `after`).",
+        },
+    },
+)
+async def get_messages(
+    room_id: str,
+    request: Request,
+    response: Response,
+    user_id: CurrentUserId,
+    limit: Annotated[str | None, Query(description="1-200, default 50")] = None,
+    before: Annotated[str | None, Query(description="seq: the page just older")] = None,
+    after: Annotated[str | None, Query(description="seq: the page just newer")] = None,
+) -> list[Message]:
+    page_request = parse_page(limit, before, after)
+    page = await list_messages(_store(request), _rooms(request), user_id, room_id, page_request)
+    if page.next_cursor is not None:
+        name, seq = page.next_cursor
+        query = urlencode({name: seq, "limit": page_request.limit})
+        response.headers["Link"] = link_header(str(request.url.replace(query=query)))
+    return page.messages

@@ -1,0 +1,381 @@
+"""Handler-level tests with the in-memory fakes: exactly-once, gap-free seqs, rooms, queries."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from contracts.bus import CreateMessageCommand, HistoryRangeQuery, Origin, RoomCreated
+from contracts.errors import ChatError, ErrorCode
+from contracts.rest import Room, RoomParticipant
+from history_service.adapters.fakes import (
+    FakeRoomDirectory,
+    InMemoryMessageStore,
+    RecordingPublisher,
+)
+from history_service.domain import Direction, PageRequest, RoomMeta, Unavailable
+from history_service.handlers import (
+    Applied,
+    CreateMessageHandler,
+    MessageWriter,
+    Refused,
+    RoomAccess,
+    apply_room_created,
+    history_range,
+    list_messages,
+)
+
+ROOM = RoomMeta("r1", ("alice", "bob"), "2024-06-16T12:36:00.000Z")
+
+
+class Crash(Exception):
+    """A simulated process crash at a chosen step."""
+
+
+def command(message_id: str, content: str = "hi", **changes: object) -> CreateMessageCommand:
+    values: dict[str, object] = {
+        "userId": "alice",
+        "roomId": "r1",
+        "messageId": message_id,
+        "content": content,
+        "createdAt": "2024-06-16T12:34:56.789Z",
+        "origin": Origin(node="node-a", conn="c1", requestId="q1"),
+    }
+    values.update(changes)
+    return CreateMessageCommand(**values)  # type: ignore[arg-type]
+
+
+def build(
+    store: InMemoryMessageStore | None = None,
+) -> tuple[CreateMessageHandler, InMemoryMessageStore, RecordingPublisher, FakeRoomDirectory]:
+    store = store or InMemoryMessageStore()
+    store.rooms.setdefault(ROOM.room_id, ROOM)
+    directory = FakeRoomDirectory()
+    publisher = RecordingPublisher()
+    handler = CreateMessageHandler(
+        MessageWriter(store), RoomAccess(store, directory, 100), publisher
+    )
+    return handler, store, publisher, directory
+
+
+def seqs_of(store: InMemoryMessageStore, room: str = "r1") -> list[int]:
+    return sorted(store.messages.get(room, {}))
+
+
+def assert_exactly_once(store: InMemoryMessageStore, ids: set[str], room: str = "r1") -> None:
+    stored = store.messages.get(room, {})
+    assert sorted(stored) == list(range(1, len(stored) + 1)), "seqs are not 1..n"
+    stored_ids = [m.messageId for m in stored.values()]
+    assert len(stored_ids) == len(set(stored_ids)), "a messageId is stored twice"
+    assert set(stored_ids) == ids, "a message is missing"
+
+
+async def test_seqs_are_one_to_n() -> None:
+    """Messages of a room get seq 1, 2, ..., n in the order they are handled."""
+    handler, store, publisher, _ = build()
+    for i in range(10):
+        result = await handler.handle(command(f"m{i}"))
+        assert isinstance(result, Applied)
+        assert result.outcome.message.seq == i + 1
+    assert seqs_of(store) == list(range(1, 11))
+    assert [e.message.seq for e, _ in publisher.created] == list(range(1, 11))
+    assert all(not to_node for _, to_node in publisher.created)
+
+
+async def test_warm_path_costs_two_round_trips() -> None:
+    """With a warm tail cache a new message costs 2 store round trips (claim + put)."""
+    handler, _, _, _ = build()
+    await handler.handle(command("m0"))
+    for i in range(1, 6):
+        result = await handler.handle(command(f"m{i}"))
+        assert isinstance(result, Applied)
+        assert result.outcome.round_trips == 2
+    assert handler.writer.stats.per_message[1:] == [2] * 5
+
+
+async def test_retry_returns_the_stored_message() -> None:
+    """The same messageId again stores nothing new and answers the stored message to the node."""
+    handler, store, publisher, _ = build()
+    first = await handler.handle(command("m1"))
+    await handler.handle(command("m2"))
+    again = await handler.handle(command("m1"))
+    assert isinstance(first, Applied)
+    assert isinstance(again, Applied)
+    assert again.outcome.duplicate
+    assert again.outcome.message == first.outcome.message
+    assert seqs_of(store) == [1, 2]
+    event, to_node = publisher.created[-1]
+    assert to_node
+    assert event.message.seq == 1
+    assert event.origin is not None
+    assert event.origin.node == "node-a"
+
+
+async def test_other_content_is_a_conflict() -> None:
+    """The same messageId with other content is refused with `conflict` on the origin node."""
+    handler, store, publisher, _ = build()
+    await handler.handle(command("m1"))
+    result = await handler.handle(command("m1", content="something else"))
+    assert isinstance(result, Refused)
+    assert result.error.code == ErrorCode.CONFLICT
+    assert publisher.rejections[-1].error.code == ErrorCode.CONFLICT
+    assert publisher.rejections[-1].messageId == "m1"
+    assert seqs_of(store) == [1]
+
+
+async def test_other_sender_is_a_conflict() -> None:
+    """The same messageId from another sender is a conflict too."""
+    handler, _, _, _ = build()
+    await handler.handle(command("m1"))
+    result = await handler.handle(command("m1", userId="bob"))
+    assert isinstance(result, Refused)
+    assert result.error.code == ErrorCode.CONFLICT
+
+
+async def test_crash_between_claim_and_write_then_redelivery() -> None:
+    """A crash after the claim and before the message write; the redelivery stores it once."""
+    handler, store, _, _ = build()
+    await handler.handle(command("m1"))
+    crashed = False
+
+    async def crash_once(op: str, _: tuple[object, ...]) -> None:
+        nonlocal crashed
+        if op == "put_message" and not crashed:
+            crashed = True
+            raise Crash
+
+    store.hook = crash_once
+    with pytest.raises(Crash):
+        await handler.handle(command("m2"))
+    store.hook = None
+    assert ("r1", "m2") in store.claims
+    # a fresh process (cold cache) gets the redelivery
+    fresh, _, _, _ = build(store)
+    result = await fresh.handle(command("m2"))
+    assert isinstance(result, Applied)
+    assert result.outcome.message.seq == 2
+    assert_exactly_once(store, {"m1", "m2"})
+
+
+async def test_crash_after_write_then_redelivery_republishes() -> None:
+    """A crash after the write (before publish/ack): the redelivery republishes, stores nothing."""
+    handler, store, publisher, _ = build()
+
+    async def crash_after_put(op: str, args: tuple[object, ...]) -> None:
+        if op == "messages_after":  # never reached on the fresh path
+            raise AssertionError("unexpected scan")
+
+    store.hook = crash_after_put
+    original = store.put_message
+
+    async def put_then_crash(message):  # type: ignore[no-untyped-def]
+        await original(message)
+        raise Crash
+
+    store.put_message = put_then_crash  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        await handler.handle(command("m1"))
+    store.put_message = original  # type: ignore[method-assign]
+    store.hook = None
+    assert publisher.created == []
+    result = await handler.handle(command("m1"))
+    assert isinstance(result, Applied)
+    assert result.outcome.duplicate
+    assert result.outcome.message.seq == 1
+    assert len(publisher.created) == 1
+    assert_exactly_once(store, {"m1"})
+
+
+async def test_concurrent_writers_on_one_room() -> None:
+    """Two handlers sharing a store, interleaved at random, give gap-free seqs, no duplicates."""
+    store = InMemoryMessageStore()
+    a, _, _, _ = build(store)
+    b, _, _, _ = build(store)
+    rng = random.Random(7)
+
+    async def jitter(_: str, __: tuple[object, ...]) -> None:
+        for _ in range(rng.randint(0, 3)):
+            await asyncio.sleep(0)
+
+    store.hook = jitter
+    ids = [f"m{i}" for i in range(60)]
+
+    async def run(handler: CreateMessageHandler, mine: list[str]) -> None:
+        for message_id in mine:
+            await handler.handle(command(message_id))
+
+    # every message is sent to both writers (as redeliveries to two replicas would do)
+    shuffled = ids[:]
+    rng.shuffle(shuffled)
+    await asyncio.gather(run(a, ids), run(b, shuffled))
+    assert_exactly_once(store, set(ids))
+    assert a.writer.stats.lost_races + b.writer.stats.lost_races > 0
+
+
+async def test_forced_interleaving_same_message() -> None:
+    """Writer B scans while writer A holds a fresh claim; whoever writes, m is stored once."""
+    store = InMemoryMessageStore()
+    a, _, _, _ = build(store)
+    b, _, _, _ = build(store)
+    await a.handle(command("m0"))  # a's cache: tail 1
+    claimed = asyncio.Event()
+    b_written = asyncio.Event()
+
+    async def choreography(op: str, args: tuple[object, ...]) -> None:
+        task = asyncio.current_task()
+        name = task.get_name() if task else ""
+        if name == "A" and op == "put_message":
+            claimed.set()
+            await b_written.wait()  # A tries its put only after B stored m
+        if name == "B" and op == "get_claim":
+            await claimed.wait()
+
+    store.hook = choreography
+
+    async def b_then_signal() -> None:
+        await b.handle(command("m1"))
+        b_written.set()
+
+    await asyncio.gather(
+        asyncio.create_task(a.handle(command("m1")), name="A"),
+        asyncio.create_task(b_then_signal(), name="B"),
+    )
+    assert_exactly_once(store, {"m0", "m1"})
+
+
+async def test_stale_cache_is_safe() -> None:
+    """A writer whose cached tail is far behind still writes at the real tail + 1."""
+    store = InMemoryMessageStore()
+    a, _, _, _ = build(store)
+    b, _, _, _ = build(store)
+    await a.handle(command("m0"))
+    for i in range(1, 30):
+        await b.handle(command(f"m{i}"))
+    result = await a.handle(command("late"))
+    assert isinstance(result, Applied)
+    assert result.outcome.message.seq == 31
+    assert_exactly_once(store, {f"m{i}" for i in range(30)} | {"late"})
+
+
+async def test_store_down_propagates_unavailable() -> None:
+    """A store outage is Unavailable (the command is retried), never a rejection."""
+    handler, store, publisher, _ = build()
+    store.down = True
+    with pytest.raises(Unavailable):
+        await handler.handle(command("m1"))
+    assert publisher.rejections == []
+    store.down = False
+    assert isinstance(await handler.handle(command("m1")), Applied)
+
+
+async def test_unknown_room_asks_rooms_first() -> None:
+    """A room missing from the read model is asked of rooms; unknown there is `unknown_room`."""
+    handler, store, publisher, directory = build()
+    result = await handler.handle(command("m1", roomId="nope"))
+    assert isinstance(result, Refused)
+    assert result.error.code == ErrorCode.UNKNOWN_ROOM
+    assert directory.asked == ["nope"]
+    assert publisher.rejections[-1].origin.node == "node-a"
+    directory.rooms["late"] = RoomMeta("late", ("alice",), "t")
+    assert isinstance(await handler.handle(command("m1", roomId="late")), Applied)
+    assert "late" in store.rooms
+
+
+async def test_rooms_not_answering_is_unavailable() -> None:
+    """When rooms does not answer, the command is postponed, not refused."""
+    handler, _, publisher, directory = build()
+    directory.down = True
+    with pytest.raises(Unavailable):
+        await handler.handle(command("m1", roomId="other"))
+    assert publisher.rejections == []
+
+
+async def test_not_participant_and_bad_time_are_refused() -> None:
+    """A sender outside the room and a createdAt far ahead are refused with their codes."""
+    handler, store, publisher, _ = build()
+    outsider = await handler.handle(command("m1", userId="mallory"))
+    assert isinstance(outsider, Refused)
+    assert outsider.error.code == ErrorCode.NOT_PARTICIPANT
+    future = await handler.handle(command("m2", createdAt="2999-01-01T00:00:00Z"))
+    assert isinstance(future, Refused)
+    assert future.error.code == ErrorCode.INVALID_CREATED_AT
+    assert store.messages == {}
+    assert len(publisher.rejections) == 2
+
+
+async def test_rejection_without_origin_node_is_not_published() -> None:
+    """A refused command without an origin node is only acknowledged."""
+    handler, _, publisher, _ = build()
+    result = await handler.handle(command("m1", userId="mallory", origin=None))
+    assert isinstance(result, Refused)
+    assert result.rejection is None
+    assert publisher.rejections == []
+
+
+async def test_room_created_feeds_the_read_model() -> None:
+    """RoomCreated records the participants (twice is harmless)."""
+    store = InMemoryMessageStore()
+    rooms = RoomAccess(store, FakeRoomDirectory(), 10)
+    event = RoomCreated(
+        room=Room(
+            id="r9",
+            participants=[RoomParticipant(id="a", name="A"), RoomParticipant(id="b", name="B")],
+            createdAt="2024-06-16T12:36:00.000Z",
+        ),
+        creatorId="a",
+    )
+    await apply_room_created(rooms, event)
+    await apply_room_created(rooms, event)
+    assert store.rooms["r9"].participants == ("a", "b")
+
+
+async def test_history_range() -> None:
+    """Range answers messages after a seq, truncated past the limit, and latest-only rooms."""
+    handler, store, _, _ = build()
+    for i in range(12):
+        await handler.handle(command(f"m{i}"))
+    reply = await history_range(
+        store, HistoryRangeQuery(rooms={"r1": 3, "empty": 0, "latest": None}, limit=5)
+    )
+    r1 = reply.rooms["r1"]
+    assert [m.seq for m in r1.messages] == [4, 5, 6, 7, 8]
+    assert r1.truncated
+    assert r1.latest == 12
+    assert reply.rooms["empty"].latest == 0
+    assert reply.rooms["empty"].messages == []
+    assert not reply.rooms["empty"].truncated
+    assert reply.rooms["latest"].messages == []
+    whole = await history_range(store, HistoryRangeQuery(rooms={"r1": 10, "x": None}))
+    assert [m.seq for m in whole.rooms["r1"].messages] == [11, 12]
+    assert not whole.rooms["r1"].truncated
+    bounded = await history_range(store, HistoryRangeQuery(rooms={"r1": 2}, upTo={"r1": 4}))
+    assert [m.seq for m in bounded.rooms["r1"].messages] == [3, 4]
+    assert bounded.rooms["r1"].latest == 12
+
+
+async def test_list_messages_paging_and_access() -> None:
+    """Paging over 120 messages, and 403/404 for outsiders and unknown rooms."""
+    handler, store, _, _ = build()
+    for i in range(120):
+        await handler.handle(command(f"m{i}"))
+    rooms = handler.rooms
+    latest = await list_messages(store, rooms, "bob", "r1", PageRequest(50, Direction.OLDER, None))
+    assert [m.seq for m in latest.messages] == list(range(71, 121))
+    assert latest.next_cursor == ("before", 71)
+    older = await list_messages(store, rooms, "bob", "r1", PageRequest(50, Direction.OLDER, 71))
+    assert [m.seq for m in older.messages] == list(range(21, 71))
+    oldest = await list_messages(store, rooms, "bob", "r1", PageRequest(50, Direction.OLDER, 21))
+    assert [m.seq for m in oldest.messages] == list(range(1, 21))
+    assert oldest.next_cursor is None
+    newer = await list_messages(store, rooms, "bob", "r1", PageRequest(50, Direction.NEWER, 100))
+    assert [m.seq for m in newer.messages] == list(range(101, 121))
+    assert newer.next_cursor is None
+    with pytest.raises(ChatError) as forbidden:
+        await list_messages(store, rooms, "mallory", "r1", PageRequest(5, Direction.OLDER, None))
+    assert forbidden.value.status == 403
+    with pytest.raises(ChatError) as unknown:
+        await list_messages(store, rooms, "bob", "zzz", PageRequest(5, Direction.OLDER, None))
+    assert unknown.value.status == 404
+    assert unknown.value.code == ErrorCode.UNKNOWN_ROOM
