@@ -12,6 +12,8 @@ from users_service.domain import (
     check_limit,
     decode_cursor,
     encode_cursor,
+    id_floor_at,
+    id_floor_of,
     is_lookup_id,
     is_user_id,
     page_without,
@@ -114,3 +116,14 @@ def test_page_without_short_last_page() -> None:
     page = page_without(_users("a"), "me", 2)
     assert [u.id for u in page.users] == ["a"]
     assert page.next_cursor is None
+
+
+def test_id_floors_sort_just_below_their_ids() -> None:
+    """A floor sorts below ids of its millisecond and later, above ids of earlier ones."""
+    clock = iter([1_000, 2_000, 3_000])
+    new_id = UserIdGenerator(clock_ms=lambda: next(clock))
+    early, middle, late = new_id(), new_id(), new_id()
+    assert early < id_floor_at(2_000) < middle < late
+    assert early < id_floor_of(middle) < middle
+    assert id_floor_of(middle) == id_floor_at(2_000)
+    assert id_floor_at(-5) < early

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -13,8 +14,8 @@ from contracts.rest import CreateUserRequest, User
 from infra.auth import TokenService
 from users_service import handlers
 from users_service.adapters.fakes import FakePublisher, FakeUserStore
-from users_service.domain import UserIdGenerator, decode_cursor
-from users_service.entrypoints.bus import answer
+from users_service.domain import UserIdGenerator, decode_cursor, id_floor_of
+from users_service.entrypoints.bus import EventRecovery, answer
 
 
 @pytest.fixture
@@ -238,3 +239,103 @@ async def test_bus_answer_encodes_users_without_null_avatars(
     data = await answer(store, GetUserQuery(userIds=[user.id]).model_dump_json().encode())
     assert b"avatar" not in data
     assert GetUserReply.model_validate_json(data).users == [user]
+
+
+async def test_failed_publish_is_reported_to_the_recovery_hook(
+    store: FakeUserStore, tokens: TokenService
+) -> None:
+    """When the bus refuses UserCreated, the failure hook gets the user id."""
+    failed: list[str] = []
+    request = CreateUserRequest.model_validate({"name": "Alice"})
+    created = await handlers.create_user(
+        request,
+        store=store,
+        publisher=FakePublisher(fail=True),
+        tokens=tokens,
+        new_id=UserIdGenerator(),
+        on_publish_failure=failed.append,
+    )
+    assert failed == [created.id]
+
+
+async def test_republish_since_announces_users_above_the_floor(
+    store: FakeUserStore, publisher: FakePublisher, tokens: TokenService
+) -> None:
+    """Every user after the floor is re-announced in creation order, with the same dedupe id."""
+    clock = iter(range(1_000, 1_000_000, 1_000))
+    new_id = UserIdGenerator(clock_ms=lambda: next(clock))
+    users = [await _create(store, publisher, tokens, f"u{i}", new_id=new_id) for i in range(250)]
+    publisher.published.clear()
+    count = await handlers.republish_since(store, publisher, id_floor_of(users[10].id))
+    assert count == 240
+    assert [p.msg_id for p in publisher.published] == [f"UserCreated:{u.id}" for u in users[10:]]
+    publisher.published.clear()
+    assert await handlers.republish_since(store, publisher, id_floor_of(users[0].id), 5) == 5
+
+
+async def test_recovery_on_start_announces_only_recent_users(
+    store: FakeUserStore, publisher: FakePublisher, tokens: TokenService
+) -> None:
+    """The start-up pass re-announces the users created within the window, not older ones."""
+    now = 10_000_000
+    times = iter([now - 700_000, now - 500_000, now - 1_000])
+    new_id = UserIdGenerator(clock_ms=lambda: next(times))
+    old, recent1, recent2 = [
+        await _create(store, publisher, tokens, n, new_id=new_id) for n in ("a", "b", "c")
+    ]
+    publisher.published.clear()
+    recovery = EventRecovery(store, publisher, 600, 100, clock_ms=lambda: now)
+    assert recovery.pending
+    await recovery.run_once()
+    assert not recovery.pending
+    assert [p.msg_id for p in publisher.published] == [
+        f"UserCreated:{recent1.id}",
+        f"UserCreated:{recent2.id}",
+    ]
+    assert old.id not in {p.msg_id.split(":")[1] for p in publisher.published}
+
+
+async def test_recovery_after_a_failed_publish_retries_until_the_bus_answers(
+    store: FakeUserStore, tokens: TokenService
+) -> None:
+    """A failed publish is re-sent by the recovery pass once the bus is back."""
+    publisher = FakePublisher(fail=True)
+    recovery = EventRecovery(store, publisher, 0, 100)
+    assert not recovery.pending
+    request = CreateUserRequest.model_validate({"name": "Alice"})
+    created = await handlers.create_user(
+        request,
+        store=store,
+        publisher=publisher,
+        tokens=tokens,
+        new_id=UserIdGenerator(),
+        on_publish_failure=recovery.note_failure,
+    )
+    assert recovery.pending
+    with pytest.raises(TimeoutError):
+        await recovery.run_once()
+    assert recovery.pending
+    publisher.fail = False
+    await recovery.run_once()
+    assert not recovery.pending
+    assert [p.msg_id for p in publisher.published] == [f"UserCreated:{created.id}"]
+
+
+async def test_recovery_task_runs_in_the_background(
+    store: FakeUserStore, tokens: TokenService
+) -> None:
+    """The started recovery task wakes on a failure and re-publishes without being awaited."""
+    publisher = FakePublisher(fail=True)
+    recovery = EventRecovery(store, publisher, 0, 100, retry_seconds=0.01)
+    recovery.start()
+    try:
+        user = await _create(store, publisher, tokens)
+        publisher.fail = False
+        recovery.note_failure(user.id)
+        for _ in range(200):
+            if publisher.published:
+                break
+            await asyncio.sleep(0.01)
+        assert [p.msg_id for p in publisher.published] == [f"UserCreated:{user.id}"]
+    finally:
+        await recovery.stop()

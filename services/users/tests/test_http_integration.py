@@ -108,6 +108,24 @@ async def test_bad_create_user_bodies_are_400_with_the_error_shape(
     assert_error(answer, 400, code)
 
 
+async def test_content_types(client: httpx.AsyncClient) -> None:
+    """A JSON body without Content-Type is accepted; a body declared as another type is a 400."""
+    plain = await client.post("/users", content=b'{"name": "NoType"}')
+    assert plain.status_code == 201, plain.text
+    assert plain.json()["name"] == "NoType"
+    broken = await client.post("/users", content=b"{nope")
+    assert_error(broken, 400, "invalid_json")
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        answer = await client.post(
+            "/users", content=b'{"name": "A"}', headers={"Content-Type": content_type}
+        )
+        assert_error(answer, 400)
+    bad_utf8 = await client.post(
+        "/users", content=b'{"name": "\xff"}', headers={"Content-Type": "application/json"}
+    )
+    assert_error(bad_utf8, 400)
+
+
 async def test_body_over_64_kib_is_413(client: httpx.AsyncClient) -> None:
     """A request body over the limit is refused with 413 and the JSON error body."""
     body = json.dumps({"name": "Al", "pad": "x" * 70_000}).encode()
@@ -329,9 +347,14 @@ async def test_openapi_documents_the_contract(client: httpx.AsyncClient) -> None
     text = json.dumps(doc)
     assert "https://example.com/avatar/alice.png" in text
     post = doc["paths"]["/users"]["post"]
-    assert {"201", "400", "401", "413"} <= set(post["responses"])
-    assert "404" in doc["paths"]["/users/{user_id}"]["get"]["responses"]
+    assert {"201", "400", "413"} <= set(post["responses"])
+    assert {"200", "400", "401", "404"} <= set(doc["paths"]["/users/{user_id}"]["get"]["responses"])
+    assert "401" in doc["paths"]["/users"]["get"]["responses"]
+    assert "401" in doc["paths"]["/token"]["post"]["responses"]
     assert "ErrorBody" in doc["components"]["schemas"]
+    assert '"422"' not in text
+    listed = doc["paths"]["/users"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listed["example"][1]["name"] == "Bob"
 
 
 async def test_security_headers_and_unknown_routes(client: httpx.AsyncClient) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from infra.auth import TokenService
 from infra.bus import connect_nats
@@ -20,7 +22,7 @@ from users_service.adapters.publisher import JetStreamPublisher
 from users_service.adapters.store import DynamoUserStore
 from users_service.domain import UserIdGenerator
 from users_service.entrypoints import http
-from users_service.entrypoints.bus import UsersQueryResponder
+from users_service.entrypoints.bus import EventRecovery, UsersQueryResponder
 from users_service.settings import Settings
 
 DESCRIPTION = """\
@@ -53,16 +55,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store = DynamoUserStore(dynamo, settings.users_table)
             nc = await connect_nats(settings, f"{settings.service_name}")
             responder = UsersQueryResponder(nc, store, settings.bus_max_concurrency)
+            publisher = JetStreamPublisher(
+                nc.jetstream(timeout=settings.publish_timeout_seconds),
+                settings.publish_timeout_seconds,
+            )
+            recovery = EventRecovery(
+                store,
+                publisher,
+                settings.republish_window_seconds,
+                settings.republish_max_users,
+            )
             try:
                 app.state.store = store
                 app.state.nats = nc
-                app.state.publisher = JetStreamPublisher(
-                    nc.jetstream(timeout=settings.publish_timeout_seconds),
-                    settings.publish_timeout_seconds,
-                )
+                app.state.publisher = publisher
+                app.state.recovery = recovery
                 await responder.start()
+                recovery.start()
                 yield
             finally:
+                await recovery.stop()
                 await responder.stop()
                 if not nc.is_closed:
                     await nc.drain()
@@ -92,4 +104,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(http.router)
+    _document_errors_as_answered(app)
     return app
+
+
+def _document_errors_as_answered(app: FastAPI) -> None:
+    """Drop FastAPI's default 422 from the document: invalid input is a 400 with ErrorBody."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for path in doc.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas = doc.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -74,6 +74,16 @@ class UserIdGenerator:
         return USER_ID_PREFIX + _encode(now, TIME_CHARS) + _encode(rand, RANDOM_CHARS)
 
 
+def id_floor_at(ms: int) -> str:
+    """A string sorting just below every id generated at or after millisecond `ms`."""
+    return USER_ID_PREFIX + _encode(max(ms, 0), TIME_CHARS)
+
+
+def id_floor_of(user_id: str) -> str:
+    """A string sorting just below `user_id` and every id generated after it."""
+    return user_id[: len(USER_ID_PREFIX) + TIME_CHARS]
+
+
 def is_user_id(value: str) -> bool:
     """True for an id this service could have generated."""
     return bool(USER_ID_RE.match(value))

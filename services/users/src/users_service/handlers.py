@@ -40,6 +40,7 @@ async def create_user(
     publisher: EventPublisher,
     tokens: TokenService,
     new_id: Callable[[], str],
+    on_publish_failure: Callable[[str], None] | None = None,
 ) -> UserWithToken:
     """Store a new user (conditional put), announce UserCreated, answer the user and a token."""
     user: User | None = None
@@ -59,14 +60,47 @@ async def create_user(
     # bus does not acknowledge it we still answer 201: rooms asks us (GET_USERS) on a miss of
     # its read model, so the new user is usable at once either way (read-after-write holds).
     # Failing the request instead would leave a stored user the client never heard of.
-    event = UserCreated(user=user, correlationId=user_created_msg_id(user.id))
+    # The event is not lost either: `on_publish_failure` has it re-published from the store
+    # (`republish_since`), and every start re-publishes the users of the last minutes, which
+    # covers a crash between the write and the publish (same Nats-Msg-Id; consumers are
+    # idempotent).
     try:
-        await publisher.publish(subjects.USER_CREATED, event, user_created_msg_id(user.id))
+        await publish_user_created(publisher, user)
     except Exception:
         log.exception("UserCreated for %s not published (rooms will ask on a miss)", user.id)
+        if on_publish_failure is not None:
+            on_publish_failure(user.id)
 
     token, _claims = tokens.issue(user.id)
     return UserWithToken(id=user.id, name=user.name, avatar=user.avatar, token=token)
+
+
+async def publish_user_created(publisher: EventPublisher, user: User) -> None:
+    """Announce a stored user (the same dedupe id every time, so re-publishing is harmless)."""
+    msg_id = user_created_msg_id(user.id)
+    event = UserCreated(user=user, correlationId=msg_id)
+    await publisher.publish(subjects.USER_CREATED, event, msg_id)
+
+
+async def republish_since(
+    store: UserStore, publisher: EventPublisher, floor: str, max_users: int | None = None
+) -> int:
+    """Re-publish UserCreated for every stored user with an id above `floor` (oldest first).
+
+    Returns how many were published; raises on the first failure (the caller retries later).
+    """
+    count = 0
+    after = floor
+    while max_users is None or count < max_users:
+        batch = 100 if max_users is None else min(100, max_users - count)
+        users = await store.list_after(after, batch)
+        for user in users:
+            await publish_user_created(publisher, user)
+            count += 1
+        if len(users) < batch:
+            break
+        after = users[-1].id
+    return count
 
 
 async def list_users(

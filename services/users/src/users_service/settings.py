@@ -15,6 +15,10 @@ class Settings(CommonSettings):
 
     # How long POST /users waits for JetStream to acknowledge UserCreated before answering anyway.
     publish_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    # On start, UserCreated is re-published for the users created in this window (0: off), so a
+    # crash between a user's write and its publish loses no event; at most this many users.
+    republish_window_seconds: int = Field(default=600, ge=0, le=7 * 24 * 3600)
+    republish_max_users: int = Field(default=10_000, ge=1)
     # Bus queries (GET_USERS) answered at the same time by one process.
     bus_max_concurrency: int = Field(default=64, ge=1, le=10_000)
 

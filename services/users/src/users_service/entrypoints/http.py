@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.security import HTTPBearer
 
-from contracts.errors import ErrorBody
+from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.rest import CreateUserRequest, TokenResponse, User, UserWithToken
 from infra.auth import TokenService
 from infra.http import ERROR_RESPONSES, CurrentClaims, CurrentUserId, link_header
@@ -20,6 +20,14 @@ from users_service.domain import DEFAULT_LIMIT, MAX_CURSOR_LENGTH
 # Documents the bearer scheme in OpenAPI; the token itself is verified by `current_claims`.
 bearer_scheme = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
 AUTH = [Security(bearer_scheme)]
+
+# The seed's examples, as answered (POST /users adds the token).
+SEED_USERS = [
+    {"id": "user_123", "name": "Alice", "avatar": "https://example.com/avatar/alice.png"},
+    {"id": "user_456", "name": "Bob", "avatar": "https://example.com/avatar/bob.png"},
+]
+SEED_CREATED = {**SEED_USERS[0], "token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.sig"}
+UNAUTHENTICATED_ERRORS = {k: v for k, v in ERROR_RESPONSES.items() if k != 401}
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No user with that id"}
@@ -46,12 +54,42 @@ def get_id_generator(request: Request) -> Callable[[], str]:
     return new_id
 
 
+def get_failure_hook(request: Request) -> Callable[[str], None] | None:
+    """Where a failed UserCreated publish is reported (the app's EventRecovery), if running."""
+    recovery = getattr(request.app.state, "recovery", None)
+    if recovery is None:
+        return None
+    hook: Callable[[str], None] = recovery.note_failure
+    return hook
+
+
 Store = Annotated[UserStore, Depends(get_store)]
 Publisher = Annotated[EventPublisher, Depends(get_publisher)]
 Tokens = Annotated[TokenService, Depends(get_tokens)]
 IdGenerator = Annotated[Callable[[], str], Depends(get_id_generator)]
+FailureHook = Annotated[Callable[[str], None] | None, Depends(get_failure_hook)]
 
-router = APIRouter(tags=["users"])
+
+def require_json(request: Request) -> None:
+    """Bodies are JSON: a body declared as another media type is a 400 with a clear message.
+
+    A body without Content-Type is parsed as JSON (`strict_content_type=False` below): that
+    FastAPI rule guards cookie-authenticated calls against CSRF, and here the only body is the
+    unauthenticated POST /users (bearer tokens are never sent by a browser on its own).
+    """
+    value = request.headers.get("content-type")
+    if value is None:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise ChatError(
+            ErrorCode.VALIDATION_ERROR, "send the body as JSON (Content-Type: application/json)"
+        )
+
+
+router = APIRouter(tags=["users"], strict_content_type=False)
 
 
 @router.post(
@@ -60,7 +98,11 @@ router = APIRouter(tags=["users"])
     response_model=UserWithToken,
     response_model_exclude_none=True,
     summary="Create a user (the only unauthenticated call); answers it with a bearer token",
-    responses=ERROR_RESPONSES,
+    responses={
+        **UNAUTHENTICATED_ERRORS,
+        201: {"content": {"application/json": {"example": SEED_CREATED}}},
+    },
+    dependencies=[Depends(require_json)],
 )
 async def create_user(
     body: CreateUserRequest,
@@ -68,9 +110,15 @@ async def create_user(
     publisher: Publisher,
     tokens: Tokens,
     new_id: IdGenerator,
+    on_publish_failure: FailureHook,
 ) -> UserWithToken:
     return await handlers.create_user(
-        body, store=store, publisher=publisher, tokens=tokens, new_id=new_id
+        body,
+        store=store,
+        publisher=publisher,
+        tokens=tokens,
+        new_id=new_id,
+        on_publish_failure=on_publish_failure,
     )
 
 
@@ -83,7 +131,10 @@ async def create_user(
     'holds `<url>; rel="next"` with an opaque `cursor` and the same `limit`.',
     responses={
         **ERROR_RESPONSES,
-        200: {"headers": {"Link": {"description": 'next page: `<url>; rel="next"`'}}},
+        200: {
+            "headers": {"Link": {"description": 'next page: `<url>; rel="next"`'}},
+            "content": {"application/json": {"example": SEED_USERS}},
+        },
     },
     dependencies=AUTH,
 )
