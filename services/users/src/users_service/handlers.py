@@ -15,7 +15,6 @@ from users_service.adapters.publisher import EventPublisher
 from users_service.adapters.store import UserAlreadyExistsError, UserStore
 from users_service.domain import (
     DEFAULT_LIMIT,
-    UserIdGenerator,
     UsersPage,
     check_limit,
     decode_cursor,
@@ -139,7 +138,3 @@ async def get_users(store: UserStore, query: GetUserQuery) -> GetUserReply:
     order = {uid: i for i, uid in enumerate(ids)}
     users.sort(key=lambda u: order.get(u.id, len(order)))
     return GetUserReply(users=users, correlationId=query.correlationId)
-
-
-def default_id_generator() -> Callable[[], str]:
-    return UserIdGenerator()
