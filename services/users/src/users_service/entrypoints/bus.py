@@ -1,4 +1,5 @@
-"""NATS entrypoints: the GET_USERS request/reply query (queue group `users`)."""
+"""NATS entrypoints: the GET_USERS request/reply query (queue group `users`) and the
+re-publishing of UserCreated from the store (on start and after a failed publish)."""
 
 from __future__ import annotations
 
