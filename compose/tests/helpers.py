@@ -1,0 +1,43 @@
+"""Shared helpers of the compose tests (free port sets, process checks)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mesh import ports, servers
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (each from servers.free_port)."""
+    found: list[int] = []
+    while len(found) < count:
+        port = servers.free_port()
+        if port not in found:
+            found.append(port)
+    return found
+
+
+def port_env(**extra: str) -> dict[str, str]:
+    """An environment with every CHAT_*_PORT on a free port and nothing else of CHAT_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    settings = [*ports.PORT_SETTINGS, ports.NATS_CLUSTER_PORT]
+    for setting, port in zip(settings, free_ports(len(settings)), strict=True):
+        env[setting.variable] = str(port)
+    env.update(extra)
+    return env
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -1,0 +1,259 @@
+"""mesh.run: configuration, the secret file, clear startup errors, a real `python -m mesh run`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mesh import ports, run
+
+from .helpers import pid_alive, port_env
+
+
+def test_secret_is_created_once_and_reused(tmp_path: Path) -> None:
+    """The JWT secret file is made once with mode 600 and read back on every later start."""
+    first = run.load_or_create_secret(tmp_path)
+    path = tmp_path / run.SECRET_FILE
+    assert len(first) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert run.load_or_create_secret(tmp_path) == first
+    path.chmod(0o644)
+    assert run.load_or_create_secret(tmp_path) == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert list(tmp_path.iterdir()) == [path]  # no temporary files left behind
+
+
+def test_empty_secret_file_is_replaced(tmp_path: Path) -> None:
+    """An empty secret file (an interrupted first start) gets a fresh secret."""
+    (tmp_path / run.SECRET_FILE).write_text("")
+    assert len(run.load_or_create_secret(tmp_path)) >= 32
+
+
+def test_service_environment(tmp_path: Path) -> None:
+    """Services get the runner's addresses, their own port and name; user CHAT_* settings win."""
+    env = {
+        "CHAT_DATA_DIR": str(tmp_path),
+        "CHAT_TOKEN_TTL_SECONDS": "120",
+        "CHAT_PORT": "1",  # per-process: never taken from the caller
+        "CHAT_NODE_ID": "zzz",
+        "CHAT_TABLE_PREFIX": "mine_",
+    }
+    cfg = run.Config.from_env(env)
+    users = cfg.service_env("users", "s3cret")
+    assert users["CHAT_ENV"] == "development"
+    assert users["CHAT_PORT"] == "8001"
+    assert users["CHAT_HOST"] == "127.0.0.1"
+    assert users["CHAT_SERVICE_NAME"] == "users"
+    assert users["CHAT_NATS_URLS"] == "nats://127.0.0.1:4222"
+    assert users["CHAT_REDIS_URL"] == "redis://127.0.0.1:6379/0"
+    assert users["CHAT_DYNAMO_URL"] == "http://127.0.0.1:8000"
+    assert users["CHAT_JWT_SECRET"] == "s3cret"
+    assert users["CHAT_TABLE_PREFIX"] == "mine_"
+    assert users["CHAT_TOKEN_TTL_SECONDS"] == "120"
+    assert "CHAT_NODE_ID" not in users
+    assert set(users["CHAT_CORS_ORIGINS"].split(",")) == {
+        "http://127.0.0.1:8080",
+        "http://localhost:8080",
+        "http://127.0.0.1:8081",
+        "http://localhost:8081",
+    }
+    edge_b = cfg.service_env("edge-b", "s3cret")
+    assert edge_b["CHAT_NODE_ID"] == "b"
+    assert edge_b["CHAT_PORT"] == "8081"
+    assert edge_b["CHAT_PUBLIC_USERS_URL"] == "http://127.0.0.1:8001"
+    assert edge_b["CHAT_PUBLIC_ROOMS_URL"] == "http://127.0.0.1:8003"
+    assert edge_b["CHAT_PUBLIC_HISTORY_URL"] == "http://127.0.0.1:8002"
+
+
+def test_cluster_mode_gives_three_nats_urls(tmp_path: Path) -> None:
+    """With CHAT_NATS_CLUSTER=1 services get three NATS URLs and three nats nodes are started."""
+    cfg = run.Config.from_env({"CHAT_NATS_CLUSTER": "1", "CHAT_DATA_DIR": str(tmp_path)})
+    assert cfg.nats_urls.split(",") == [f"nats://127.0.0.1:{p}" for p in (4222, 4223, 4224)]
+    names = [s.name for s in run.server_specs(cfg)]
+    assert names == ["nats-1", "nats-2", "nats-3", "redis", "dynamo"]
+
+
+def test_missing_service_module_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service whose module does not exist stops the start at once, naming it."""
+    monkeypatch.setitem(run.SERVICE_MODULES, "users", "no_such_chat_module")
+    env = port_env(CHAT_DATA_DIR=str(tmp_path), CHAT_RUN_ONLY="users")
+    lines: list[str] = []
+    code = run.Runner(run.Config.from_env(env), lines.append).run()
+    assert code == 1
+    assert "no_such_chat_module" in "\n".join(lines)
+    assert "CHAT_RUN_ONLY" in "\n".join(lines)
+
+
+def test_run_refuses_a_held_port(tmp_path: Path) -> None:
+    """`python -m mesh run` exits 1 naming the variable when a port is taken."""
+    env = port_env(CHAT_DATA_DIR=str(tmp_path), CHAT_RUN_ONLY="infra")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", int(env["CHAT_REDIS_PORT"])))
+        holder.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "mesh", "run"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "set CHAT_REDIS_PORT to another port" in result.stdout
+
+
+class MeshProcess:
+    """`python -m mesh run` in the background, its console collected line by line."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.lines: list[str] = []
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "mesh", "run"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 90.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.text)
+            if found:
+                return found
+            if self.popen.poll() is not None:
+                self.reader.join(2)
+                found = re.search(pattern, self.text)
+                if found:
+                    return found
+                raise AssertionError(f"mesh exited ({self.popen.returncode}):\n{self.text}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.text}")
+
+    def pids(self) -> dict[str, int]:
+        """The last pid printed for every child."""
+        found: dict[str, int] = {}
+        for m in re.finditer(
+            r"\] (\S+) (?:started|restarted \(restart \d+\)), pid (\d+)", self.text
+        ):
+            found[m.group(1)] = int(m.group(2))
+        return found
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        self.popen.send_signal(signal.SIGTERM)
+        code = self.popen.wait(timeout)
+        self.reader.join(5)
+        return code
+
+
+@pytest.fixture
+def mesh_env(tmp_path: Path) -> dict[str, str]:
+    """Free ports and a temporary data folder for one `python -m mesh run`."""
+    return port_env(CHAT_DATA_DIR=str(tmp_path / "data"), CHAT_READY_TIMEOUT="90")
+
+
+def infra_ports(env: dict[str, str]) -> list[int]:
+    return [int(env[v]) for v in ("CHAT_NATS_PORT", "CHAT_REDIS_PORT", "CHAT_DYNAMO_PORT")]
+
+
+def all_closed(env: dict[str, str]) -> list[int]:
+    """The configured ports that still cannot be bound (empty when all are free)."""
+    uses = ports.port_table(env, ports.ALL_PARTS)
+    return [u.port for u in uses if ports.port_problem(u.port, u.host) is not None]
+
+
+@pytest.mark.integration
+def test_infra_run_restart_and_clean_stop(mesh_env: dict[str, str]) -> None:
+    """Infra only: servers up and provisioned, a killed one returns, SIGTERM leaves nothing."""
+    import redis
+
+    env = {**mesh_env, "CHAT_RUN_ONLY": "infra"}
+    mesh = MeshProcess(env)
+    try:
+        mesh.wait_for("Ctrl-C to stop")
+        assert "provisioned" in mesh.text
+        for port in infra_ports(env):
+            assert ports.port_problem(port, "127.0.0.1") == "in use"
+        first = mesh.pids()
+        assert set(first) == {"nats", "redis", "dynamo"}
+        client = redis.Redis(port=int(env["CHAT_REDIS_PORT"]))
+        client.set("survives", "yes")
+        os.kill(first["redis"], signal.SIGKILL)
+        mesh.wait_for(r"redis restarted \(restart 1\), pid \d+", timeout=15)
+        mesh.wait_for("redis is answering again", timeout=15)
+        assert client.get("survives") == b"yes"  # same data folder (append-only file)
+        second = mesh.pids()
+        assert second["redis"] != first["redis"]
+        secret = (Path(env["CHAT_DATA_DIR"]) / run.SECRET_FILE).read_text()
+    finally:
+        code = mesh.terminate()
+    assert code == 0, mesh.text
+    assert all_closed(env) == []
+    for pid in [*first.values(), *second.values()]:
+        assert not pid_alive(pid), f"pid {pid} still running"
+
+    # A second start on the same data folder keeps the secret and the data.
+    again = MeshProcess(env)
+    try:
+        again.wait_for("Ctrl-C to stop")
+        assert redis.Redis(port=int(env["CHAT_REDIS_PORT"])).get("survives") == b"yes"
+        assert (Path(env["CHAT_DATA_DIR"]) / run.SECRET_FILE).read_text() == secret
+        pids = again.pids()
+    finally:
+        assert again.terminate() == 0, again.text
+    assert all_closed(env) == []
+    assert not any(pid_alive(p) for p in pids.values())
+
+
+def services_importable() -> bool:
+    return all(run.module_problem(m) is None for m in set(run.SERVICE_MODULES.values()))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not services_importable(), reason="not every service module exists yet")
+def test_whole_mesh_starts_answers_and_stops(mesh_env: dict[str, str]) -> None:
+    """The full mesh: every service answers /readyz, a killed service returns, SIGTERM ends all."""
+    import httpx
+
+    mesh = MeshProcess(mesh_env)
+    try:
+        mesh.wait_for("Ctrl-C to stop", timeout=150)
+        for var in ("CHAT_USERS_PORT", "CHAT_HISTORY_PORT", "CHAT_ROOMS_PORT"):
+            assert f"http://127.0.0.1:{mesh_env[var]}" in mesh.text
+        for var in ("CHAT_EDGE_A_PORT", "CHAT_EDGE_B_PORT"):
+            url = f"http://127.0.0.1:{mesh_env[var]}/readyz"
+            assert httpx.get(url, timeout=5).status_code == 200
+        first = mesh.pids()
+        os.kill(first["users"], signal.SIGKILL)
+        mesh.wait_for("users is answering again", timeout=30)
+        users = f"http://127.0.0.1:{mesh_env['CHAT_USERS_PORT']}"
+        assert httpx.get(f"{users}/readyz", timeout=5).status_code == 200
+        pids = mesh.pids()
+    finally:
+        code = mesh.terminate()
+    assert code == 0, mesh.text
+    assert all_closed(mesh_env) == []
+    assert not any(pid_alive(p) for p in [*first.values(), *pids.values()])
