@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
@@ -183,7 +182,7 @@ class BusEntrypoints:
                 while True:
                     try:
                         batch = await sub.fetch(USER_FETCH_BATCH, timeout=USER_FETCH_WAIT_SECONDS)
-                    except NatsTimeoutError:
+                    except TimeoutError:  # nats' own TimeoutError is one too
                         continue
                     await self._apply_user_created(batch)
             except asyncio.CancelledError:
