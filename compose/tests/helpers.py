@@ -41,3 +41,17 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def free_run(count: int, avoid: set[int]) -> int:
+    """A first port of `count` consecutive free ports, none of them in `avoid`."""
+    for _ in range(200):
+        base = servers.free_port()
+        run = range(base, base + count)
+        if (
+            base + count <= 65535
+            and not avoid & set(run)
+            and all(ports.port_problem(p, "127.0.0.1") is None for p in run)
+        ):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")

@@ -17,7 +17,7 @@ import pytest
 
 from mesh import ports, run
 
-from .helpers import pid_alive, port_env
+from .helpers import free_run, pid_alive, port_env
 
 
 def test_secret_is_created_once_and_reused(tmp_path: Path) -> None:
@@ -256,4 +256,45 @@ def test_whole_mesh_starts_answers_and_stops(mesh_env: dict[str, str]) -> None:
         code = mesh.terminate()
     assert code == 0, mesh.text
     assert all_closed(mesh_env) == []
+    assert not any(pid_alive(p) for p in [*first.values(), *pids.values()])
+
+
+@pytest.mark.integration
+def test_nats_cluster_mode(mesh_env: dict[str, str]) -> None:
+    """CHAT_NATS_CLUSTER=1: three routed nodes, streams with 3 replicas, a killed node returns."""
+    import asyncio
+
+    import nats
+
+    env = {**mesh_env, "CHAT_RUN_ONLY": "nats,dynamo", "CHAT_NATS_CLUSTER": "1"}
+    taken = {int(v) for k, v in env.items() if k.startswith("CHAT_") and k.endswith("_PORT")}
+    base = free_run(3, taken)
+    env["CHAT_NATS_PORT"] = str(base)
+    env["CHAT_NATS_CLUSTER_PORT"] = str(free_run(3, taken | {base, base + 1, base + 2}))
+    mesh = MeshProcess(env)
+    try:
+        mesh.wait_for("Ctrl-C to stop")
+        assert "provisioned (replicas 3)" in mesh.text
+        urls = [f"nats://127.0.0.1:{base + i}" for i in range(3)]
+
+        async def replicas() -> list[int]:
+            nc = await nats.connect(servers=urls)
+            try:
+                js = nc.jetstream()
+                infos = [await js.stream_info(name) for name in ("CHAT_COMMANDS", "CHAT_EVENTS")]
+                return [info.config.num_replicas for info in infos]
+            finally:
+                await nc.close()
+
+        assert asyncio.run(replicas()) == [3, 3]
+        first = mesh.pids()
+        os.kill(first["nats-2"], signal.SIGKILL)
+        mesh.wait_for("nats-2 is answering again", timeout=20)
+        pids = mesh.pids()
+    finally:
+        code = mesh.terminate()
+    assert code == 0, mesh.text
+    assert all_closed(env) == []
+    for port in (base + 1, base + 2):
+        assert ports.port_problem(port, "127.0.0.1") is None
     assert not any(pid_alive(p) for p in [*first.values(), *pids.values()])
