@@ -302,6 +302,13 @@ async def test_bad_input_is_4xx(bus: Bus, rooms: ServiceProcess) -> None:
         )
         assert resp.status_code == 400
         assert resp.json()["error"]["code"] == "invalid_json"
+        plain = {**auth(alice.id), "content-type": "text/plain"}
+        resp = await client.post("/rooms", content=b'{"participants": []}', headers=plain)
+        assert resp.status_code == 400
+        no_type = await client.post(
+            "/rooms", content=b'{"participants": []}', headers=auth(alice.id)
+        )
+        assert no_type.status_code == 201, no_type.text
     for payload in (b"not json", b"{}", json.dumps({"userId": 5}).encode()):
         msg = await bus.nc.request(subjects.CREATE_ROOM, payload, timeout=5)
         reply = CreateRoomReply.model_validate_json(msg.data)
@@ -314,6 +321,7 @@ async def test_bad_input_is_4xx(bus: Bus, rooms: ServiceProcess) -> None:
         assert (await client.get("/readyz")).status_code == 200
         spec = (await client.get("/openapi.json")).json()
         assert spec["info"]["title"] == "chat rooms"
+        assert "422" not in json.dumps(spec["paths"])
 
 
 async def test_kill_during_burst_loses_no_room_and_no_event(

@@ -13,8 +13,10 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from nats.aio.client import Client as NATS
 
 from infra.auth import TokenService
@@ -139,4 +141,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(http.router)
+    _document_errors_as_answered(app)
     return app
+
+
+def _document_errors_as_answered(app: FastAPI) -> None:
+    """Drop FastAPI's default 422 from the document: invalid input is a 400 with ErrorBody."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for path in doc.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas = doc.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

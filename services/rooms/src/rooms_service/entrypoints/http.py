@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, status
 
 from contracts.bus import CreateRoomCommand
-from contracts.errors import ErrorBody
+from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.rest import CreateRoomRequest, Room
 from infra.http import ERROR_RESPONSES, CurrentUserId
 from rooms_service import handlers
@@ -24,7 +24,33 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "users service, store or bus unreachable; retry"}
 }
 
-router = APIRouter(prefix="/rooms", tags=["rooms"])
+SEED_ROOM = {
+    "id": "room_456",
+    "participants": [{"id": "user_123", "name": "Alice"}, {"id": "user_456", "name": "Bob"}],
+    "createdAt": "2024-06-16T12:36:00.000Z",
+}
+
+
+def require_json(request: Request) -> None:
+    """Bodies are JSON: a body declared as another media type is a 400 with a clear message.
+
+    A body without Content-Type is parsed as JSON (`strict_content_type=False` below): FastAPI's
+    strict rule guards cookie-authenticated calls against CSRF, and this API authenticates with
+    bearer tokens only, which a browser never sends on its own.
+    """
+    value = request.headers.get("content-type")
+    if value is None:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise ChatError(
+            ErrorCode.VALIDATION_ERROR, "send the body as JSON (Content-Type: application/json)"
+        )
+
+
+router = APIRouter(prefix="/rooms", tags=["rooms"], strict_content_type=False)
 
 
 @router.post(
@@ -37,7 +63,12 @@ router = APIRouter(prefix="/rooms", tags=["rooms"])
         "the others, and no room is created). Same effect as the WS `create_room` action: "
         "`RoomCreated` is published and every online participant receives `room_created`."
     ),
-    responses={**ERROR_RESPONSES, **_UNAVAILABLE},
+    responses={
+        **ERROR_RESPONSES,
+        **_UNAVAILABLE,
+        201: {"content": {"application/json": {"example": SEED_ROOM}}},
+    },
+    dependencies=[Depends(require_json)],
 )
 async def create_room(body: CreateRoomRequest, user_id: CurrentUserId, deps: DepsDep) -> Room:
     command = CreateRoomCommand(userId=user_id, participants=list(body.participants))
@@ -48,7 +79,11 @@ async def create_room(body: CreateRoomRequest, user_id: CurrentUserId, deps: Dep
     "",
     summary="The caller's rooms",
     description="Every room the caller is a participant of, newest first (by `createdAt`).",
-    responses={401: ERROR_RESPONSES[401], **_UNAVAILABLE},
+    responses={
+        401: ERROR_RESPONSES[401],
+        **_UNAVAILABLE,
+        200: {"content": {"application/json": {"example": [SEED_ROOM]}}},
+    },
 )
 async def list_rooms(user_id: CurrentUserId, deps: DepsDep) -> list[Room]:
     return await handlers.list_rooms(deps, user_id)
