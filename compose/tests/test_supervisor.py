@@ -178,3 +178,50 @@ def test_readiness_uses_the_url(tmp_path: Path, url_ok: bool) -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_second_signal_hurries_the_stop(tmp_path: Path) -> None:
+    """With `hurry` set, a child ignoring SIGTERM is killed without waiting for the timeout."""
+    import threading
+
+    sup = Supervisor([spec("stubborn", STUBBORN, tmp_path)], lambda _: None, backoff=fast_backoff)
+    sup.start()
+    deadline = time.monotonic() + 5
+    while "ignoring SIGTERM\n" not in (tmp_path / "stubborn.log").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    hurry = threading.Event()
+    threading.Timer(0.3, hurry.set).start()
+    started = time.monotonic()
+    sup.stop_all(timeout=30, hurry=hurry)
+    assert time.monotonic() - started < 5
+
+
+def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    """If the supervisor itself is SIGKILLed, its children get SIGTERM (no orphan keeps a port)."""
+    import os
+    import signal
+    import subprocess
+
+    script = (
+        "import sys, time; from pathlib import Path; from mesh.supervisor import *\n"
+        "argv = [sys.executable, '-c', 'import time; time.sleep(60)']\n"
+        f"s = Supervisor([ChildSpec('c', lambda: argv, Path({str(tmp_path)!r}) / 'c.log')], "
+        "print)\n"
+        "s.start(); print('PID', s['c'].pid, flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid = 0
+    for line in parent.stdout:
+        if line.startswith("PID "):
+            pid = int(line.split()[1])
+            break
+    assert pid
+    assert pid_alive(pid)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(5)
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(pid)

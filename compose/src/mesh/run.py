@@ -369,12 +369,18 @@ class Runner:
         self.stop_event = threading.Event()
         self.sup: Supervisor | None = None
         self.signals = 0
+        self.hurry = threading.Event()  # a second signal: kill what is still stopping
 
     # signals ---------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
         if self.signals == 1:
-            self.say(f"{signal.Signals(signum).name}: stopping (services first, then servers)")
+            self.say(
+                f"{signal.Signals(signum).name}: stopping (services first, then servers; "
+                "again to kill at once)"
+            )
+        else:
+            self.hurry.set()
         self.stop_event.set()
 
     def install_signals(self) -> None:
@@ -566,7 +572,7 @@ class Runner:
     def _stop(self) -> None:
         if self.sup is None:
             return
-        self.sup.stop_all(self.cfg.stop_timeout)
+        self.sup.stop_all(self.cfg.stop_timeout, self.hurry)
         held = [
             p
             for p in (

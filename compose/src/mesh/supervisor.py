@@ -9,10 +9,14 @@ name.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +25,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 Say = Callable[[str], None]
+LOG_ROTATE_BYTES = 20 * 1024 * 1024  # at a (re)start, a bigger log is moved to <name>.log.1
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A preexec hook: the child gets SIGTERM if the supervisor dies (even by SIGKILL).
+
+    Linux only (prctl PR_SET_PDEATHSIG); elsewhere None. Orphans would otherwise keep the
+    ports and make the next `make run` fail its port check.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    libc = ctypes.CDLL(name, use_errno=True)
+    prctl = libc.prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died before the prctl
+            os._exit(1)
+
+    return hook
+
+
+def rotate_log(path: Path, limit: int = LOG_ROTATE_BYTES) -> None:
+    """Move a log over `limit` bytes to `<path>.1` (one generation kept)."""
+    try:
+        if path.stat().st_size > limit:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except OSError:
+        pass
 
 
 @dataclass
@@ -112,6 +150,7 @@ class Child:
         """Spawn the process (non-blocking); its output is appended to its log."""
         spec = self.spec
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate_log(spec.log_path)
         argv = spec.argv()
         with open(spec.log_path, "ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -126,6 +165,7 @@ class Child:
                 env={**os.environ, **spec.env},
                 cwd=str(spec.cwd) if spec.cwd else None,
                 start_new_session=True,  # own process group: stopped by pid with its children
+                preexec_fn=_die_with_parent_hook(),  # only a prctl call (see there)
             )
         self.started_at = now
         self.restart_at = None
@@ -252,16 +292,21 @@ class Supervisor:
     def ready(self, names: Iterable[str]) -> bool:
         return all(self.children[n].ready for n in names)
 
-    def stop_all(self, timeout: float = 10.0) -> None:
-        """Stop services, then servers: SIGTERM each group, SIGKILL what outlives `timeout`."""
+    def stop_all(self, timeout: float = 10.0, hurry: threading.Event | None = None) -> None:
+        """Stop services, then servers: SIGTERM each group, SIGKILL what outlives `timeout`.
+
+        Setting `hurry` (a second Ctrl-C) kills what is left at once.
+        """
         self.stopping = True
         services = [c for c in self.children.values() if c.spec.kind == "service"]
         servers = [c for c in self.children.values() if c.spec.kind != "service"]
         for group in (services, servers):
-            stop_children(group, timeout, self.say)
+            stop_children(group, timeout, self.say, hurry)
 
 
-def stop_children(children: list[Child], timeout: float, say: Say) -> None:
+def stop_children(
+    children: list[Child], timeout: float, say: Say, hurry: threading.Event | None = None
+) -> None:
     """SIGTERM every child's group at once, wait up to `timeout`, then SIGKILL the rest."""
     running = []
     for child in children:
@@ -271,13 +316,25 @@ def stop_children(children: list[Child], timeout: float, say: Say) -> None:
             signal_group(child.popen.pid, signal.SIGTERM)
             running.append(child)
     deadline = time.monotonic() + timeout
-    for child in running:
-        assert child.popen is not None
-        try:
-            child.popen.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            say(f"{child.name} (pid {child.popen.pid}) did not stop in {timeout:.0f}s: killing it")
-            signal_group(child.popen.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.popen.wait(5)
-        say(f"{child.name} stopped")
+    while running:
+        for child in list(running):
+            assert child.popen is not None
+            if child.popen.poll() is not None:
+                running.remove(child)
+                say(f"{child.name} stopped")
+        if not running:
+            break
+        hurried = hurry is not None and hurry.is_set()
+        if hurried or time.monotonic() >= deadline:
+            for child in running:
+                assert child.popen is not None
+                why = "hurried" if hurried else f"did not stop in {timeout:.0f}s"
+                say(f"{child.name} (pid {child.popen.pid}) {why}: killing it")
+                signal_group(child.popen.pid, signal.SIGKILL)
+            for child in running:
+                assert child.popen is not None
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.popen.wait(5)
+                say(f"{child.name} stopped")
+            break
+        time.sleep(0.05)
