@@ -84,15 +84,27 @@ async def test_seqs_are_one_to_n() -> None:
     assert all(not to_node for _, to_node in publisher.created)
 
 
-async def test_warm_path_costs_two_round_trips() -> None:
-    """With a warm tail cache a new message costs 2 store round trips (claim + put)."""
-    handler, _, _, _ = build()
-    await handler.handle(command("m0"))
+async def test_round_trips_per_message() -> None:
+    """Warm cache: 2 round trips; first in a room: 3; stale cache: 4; a retry: 3."""
+    store = InMemoryMessageStore()
+    handler, _, _, _ = build(store)
+    other, _, _, _ = build(store)
+    first = await handler.handle(command("m0"))
+    assert isinstance(first, Applied)
+    assert first.outcome.round_trips == 3  # tail read, claim, put
     for i in range(1, 6):
         result = await handler.handle(command(f"m{i}"))
         assert isinstance(result, Applied)
-        assert result.outcome.round_trips == 2
-    assert handler.writer.stats.per_message[1:] == [2] * 5
+        assert result.outcome.round_trips == 2  # claim, put
+    assert handler.writer.stats.per_message == [3, 2, 2, 2, 2, 2]
+    await other.handle(command("elsewhere"))  # handler's cache is now stale
+    stale = await handler.handle(command("m6"))
+    assert isinstance(stale, Applied)
+    assert stale.outcome.round_trips == 4  # claim, lost put, scan, put
+    retry = await handler.handle(command("m6"))
+    assert isinstance(retry, Applied)
+    assert retry.outcome.duplicate
+    assert retry.outcome.round_trips == 3  # claim refused, claim read, scan
 
 
 async def test_retry_returns_the_stored_message() -> None:
@@ -238,11 +250,14 @@ async def test_forced_interleaving_same_message() -> None:
         await b.handle(command("m1"))
         b_written.set()
 
-    await asyncio.gather(
+    result_a, _ = await asyncio.gather(
         asyncio.create_task(a.handle(command("m1")), name="A"),
         asyncio.create_task(b_then_signal(), name="B"),
     )
     assert_exactly_once(store, {"m0", "m1"})
+    assert isinstance(result_a, Applied)
+    assert result_a.outcome.duplicate  # A's fresh put lost and its scan found B's write
+    assert result_a.outcome.message.seq == 2
 
 
 async def test_stale_cache_is_safe() -> None:

@@ -45,9 +45,10 @@ Progress: a failed put at T + 1 means slot T + 1 now exists, so the next scan se
 prefix; each loop iteration is due to some other writer's success.
 
 Round trips (measured by `WriterStats` and the `history_store_round_trips_per_message`
-histogram): a new message with a warm tail cache costs 2 (claim put + message put). A cold
-or stale cache adds a failed put + one scan per lost race. A retry of a stored message costs 3
-(failed claim put, claim read, scan).
+histogram): a new message with a warm tail cache costs 2 (claim put + message put); the first
+message of a room in a process adds one tail read (3). A stale cache (another replica wrote
+meanwhile) adds a failed put + one scan per lost race (4). A retry of a stored message costs 3
+(failed claim put, claim read, scan from t0).
 """
 
 from __future__ import annotations
@@ -141,7 +142,14 @@ class MessageWriter:
         digest = claim_hash(command.userId, command.content, command.createdAt)
         trips = 0
 
-        t0 = self.cached_tail(room)
+        cached = self._tails.get(room)
+        if cached is None:
+            # First message of this room in this process: read the tail, so that the claim's
+            # t0 is recent (a retry scans only from t0) and the first put usually wins.
+            trips += 1
+            cached = await self._store.tail(room)
+            self._saw(room, cached)
+        t0 = cached
         trips += 1
         if await self._store.put_claim(Claim(room, message_id, digest, t0)):
             # (a) fresh claim: first attempt at t0 + 1 without a scan.
