@@ -270,6 +270,22 @@ async def test_user_created_a_moment_ago_is_accepted(bus: Bus, rooms: ServicePro
         assert [r.id for r in await rooms_of(client, fresh.id)] == [resp.json()["id"]]
 
 
+async def test_user_created_events_feed_the_read_model(bus: Bus, rooms: ServiceProcess) -> None:
+    """A user only announced by UserCreated (users never asked) becomes usable."""
+    (alice,) = await bus.create_users("Alice")
+    (announced,) = await bus.create_users("Announced")
+    del bus.users.known[announced.id]  # the responder no longer knows it: only the event does
+    async with httpx.AsyncClient(base_url=rooms.url, timeout=10) as client:
+        async with asyncio.timeout(15):
+            while True:
+                resp = await post_room(client, alice.id, [announced.id])
+                if resp.status_code == 201:
+                    break
+                assert resp.json()["error"]["code"] == "unknown_user"
+                await asyncio.sleep(0.2)
+        assert resp.json()["participants"][1] == {"id": announced.id, "name": "Announced"}
+
+
 async def test_users_silent_is_503_not_unknown(bus: Bus, rooms: ServiceProcess) -> None:
     """When users does not answer a miss, the answer is 503 unavailable."""
     (alice,) = await bus.create_users("Alice")
