@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import nats
@@ -36,3 +38,17 @@ async def connect_nats(settings: CommonSettings, name: str) -> NATS:
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
     )
+
+
+async def close_nats(nc: NATS, wait_seconds: float = 2.0) -> None:
+    """Drain (flush what is pending), but never wait long: a pull consumer's outstanding
+    fetch can keep `drain` busy for its whole 30 s default."""
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), wait_seconds)
+    except Exception:
+        log.info("nats drain did not finish in %.1fs: closing", wait_seconds)
+    if not nc.is_closed:
+        with contextlib.suppress(Exception):
+            await nc.close()

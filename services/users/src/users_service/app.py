@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from infra.auth import TokenService
-from infra.bus import connect_nats
+from infra.bus import close_nats, connect_nats
 from infra.http import (
     ReadinessCheck,
     health_router,
@@ -76,8 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 await recovery.stop()
                 await responder.stop()
-                if not nc.is_closed:
-                    await nc.drain()
+                await close_nats(nc)
 
     app = FastAPI(
         title="chat users",

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from infra.auth import TokenService
-from infra.bus import connect_nats
+from infra.bus import close_nats, connect_nats
 from infra.cache import redis_client
 from infra.http import health_router, install_common_middleware, install_error_handlers
 from ws_edge.adapters.bus import EdgeBus
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await hub.going_away()
             await hub.stop()
-            await nc.drain()
+            await close_nats(nc)
             await redis.aclose()
 
     app = FastAPI(title=f"chat ws-edge ({settings.node_id})", lifespan=lifespan)

@@ -118,11 +118,12 @@ class Hub:
         await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
+        self.stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # nats-py's fetch can turn a cancellation into a timeout: the loops also check
+        # `stopping`, and shutdown never waits on them for long
+        await asyncio.wait(self._tasks, timeout=3)
         for feed in list(self.feeds.values()):
             if feed.subscription is not None:
                 with contextlib.suppress(Exception):
@@ -130,7 +131,7 @@ class Hub:
 
     async def _heartbeat_loop(self) -> None:
         interval = max(1.0, self.settings.node_ttl_seconds / 3)
-        while True:
+        while not self.stopping:
             await asyncio.sleep(interval)
             try:
                 local = {c.id: c.user_id for c in self.conns.values()}
@@ -354,7 +355,7 @@ class Hub:
 
     async def _router_loop(self) -> None:
         """Route RoomCreated to the nodes holding a participant (one edge handles each event)."""
-        while True:
+        while not self.stopping:
             try:
                 sub = await self.bus.js.pull_subscribe(
                     subjects.ROOM_CREATED,
@@ -371,7 +372,7 @@ class Hub:
             except Exception as exc:
                 log.warning("router consumer not ready: %s", exc)
                 await asyncio.sleep(1)
-        while True:
+        while not self.stopping:
             try:
                 msgs = await sub.fetch(64, timeout=1)
             except TimeoutError:
