@@ -94,8 +94,8 @@ class Config:
             cluster=ports.truthy(env.get("CHAT_NATS_CLUSTER")),
             cluster_port=ports.parse_port(env, ports.NATS_CLUSTER_PORT),
             table_prefix=env.get("CHAT_TABLE_PREFIX", "chat_"),
-            ready_timeout=float(env.get("CHAT_READY_TIMEOUT", "60")),
-            stop_timeout=float(env.get("CHAT_STOP_TIMEOUT", "10")),
+            ready_timeout=_seconds(env, "CHAT_READY_TIMEOUT", 60.0),
+            stop_timeout=_seconds(env, "CHAT_STOP_TIMEOUT", 10.0),
             sync_always=ports.truthy(env.get("CHAT_NATS_SYNC_ALWAYS")),
         )
 
@@ -177,6 +177,19 @@ class Config:
             env["CHAT_SERVICE_NAME"] = part
             env.pop("CHAT_NODE_ID", None)
         return env
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ports.PortConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ports.PortConfigError(f"{name} must be more than 0 seconds")
+    return value
 
 
 # --------------------------------------------------------------------------------------------
