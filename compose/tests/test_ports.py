@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from mesh import ports
-
-from .helpers import port_env
+from mesh.testhelpers import port_env
 
 PREFLIGHT = Path(__file__).resolve().parents[1] / "preflight.py"
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from mesh import ports, run
-
-from .helpers import free_run, pid_alive, port_env
+from mesh.testhelpers import free_run, pid_alive, port_env
 
 
 def test_secret_is_created_once_and_reused(tmp_path: Path) -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from mesh.supervisor import Backoff, ChildSpec, Supervisor
-
-from .helpers import pid_alive
+from mesh.testhelpers import pid_alive
 
 CRASH = [sys.executable, "-c", "import sys; print('boom', flush=True); sys.exit(3)"]
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]

@@ -383,15 +383,14 @@ class Runner:
         self.sup: Supervisor | None = None
         self.signals = 0
         self.hurry = threading.Event()  # a second signal: kill what is still stopping
+        self.signal_name = ""
 
     # signals ---------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only flags here: printing from a signal handler can re-enter a stdout write.
         self.signals += 1
         if self.signals == 1:
-            self.say(
-                f"{signal.Signals(signum).name}: stopping (services first, then servers; "
-                "again to kill at once)"
-            )
+            self.signal_name = signal.Signals(signum).name
         else:
             self.hurry.set()
         self.stop_event.set()
@@ -467,6 +466,10 @@ class Runner:
                     f"{name} exited at startup (its output is above; the whole log is "
                     f"{self.sup[name].spec.log_path})"
                 )
+            for name in names:
+                child = self.sup[name]
+                if child.popen is None and child.crashes:
+                    raise RunError(f"{name} could not be started (see above)")
             if time.monotonic() > deadline:
                 waiting = [n for n in names if not self.sup[n].ready]
                 raise RunError(f"not listening after 30s: {', '.join(waiting)}")
@@ -583,6 +586,11 @@ class Runner:
             self.sup.tick()
 
     def _stop(self) -> None:
+        if self.signal_name:
+            self.say(
+                f"{self.signal_name}: stopping (services first, then servers; "
+                "again to kill at once)"
+            )
         if self.sup is None:
             return
         self.sup.stop_all(self.cfg.stop_timeout, self.hurry)

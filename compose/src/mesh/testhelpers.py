@@ -1,4 +1,4 @@
-"""Shared helpers of the compose tests (free port sets, process checks)."""
+"""Helpers for tests that start `make run` pieces: distinct free ports, port env, pid checks."""
 
 from __future__ import annotations
 
