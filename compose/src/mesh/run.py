@@ -54,8 +54,10 @@ class RunError(RuntimeError):
 def out(message: str, stream: TextIO | None = None) -> None:
     """One console line, prefixed and timestamped."""
     stream = stream or sys.stdout
-    stream.write(f"{time.strftime('%H:%M:%S')} [mesh] {message}\n")
-    stream.flush()
+    # A closed console (e.g. piped into `head`) must never stop the supervision or the stop.
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(f"{time.strftime('%H:%M:%S')} [mesh] {message}\n")
+        stream.flush()
 
 
 # --------------------------------------------------------------------------------------------
