@@ -310,6 +310,18 @@ async def wait_for_range(nc: NATS, room: str, count: int, within: float = 60) ->
     raise AssertionError(f"{room}: fewer than {count} messages stored")
 
 
+def stored_count(proc: ServiceProcess) -> float:
+    """Messages a history process has stored so far (its Prometheus counter)."""
+    try:
+        text = httpx.get(f"{proc.url}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith('history_messages_total{outcome="stored"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 async def test_two_replicas_one_killed(
     procs: ServiceLauncher, history: ServiceProcess, nc: NATS
 ) -> None:
@@ -321,20 +333,26 @@ async def test_two_replicas_one_killed(
     sent: dict[str, set[str]] = {room: set() for room in rooms}
     total = 200
 
-    async def producer() -> None:
-        for i in range(total):
+    async def burst(numbers: range) -> None:
+        """Publish commands concurrently, every tenth twice (a client retry)."""
+        publishes = []
+        for i in numbers:
             room = rooms[i % len(rooms)]
             message_id = f"k{i:04d}"
             sent[room].add(message_id)
-            await send(nc, room, message_id, f"kill test {i}")
-            if i % 10 == 0:  # a client retry of the same message
-                await send(nc, room, message_id, f"kill test {i}")
-            await asyncio.sleep(0.005)
+            publishes.append(send(nc, room, message_id, f"kill test {i}"))
+            if i % 10 == 0:
+                publishes.append(send(nc, room, message_id, f"kill test {i}"))
+        await asyncio.gather(*publishes)
 
-    producing = asyncio.create_task(producer())
-    await wait_for(lambda: sum(len(s) for s in sent.values()) >= total // 3)
+    await burst(range(0, 120))
+    # kill the first replica while it is in the middle of its work (some stored, more in hand)
+    for _ in range(3000):
+        if stored_count(first) >= 5:
+            break
+        await asyncio.sleep(0.01)
     first.kill()
-    await producing
+    await burst(range(120, total))
     for room in rooms:
         await wait_for_range(nc, room, len(sent[room]), within=90)
     for room in rooms:
@@ -343,5 +361,6 @@ async def test_two_replicas_one_killed(
         ids = [message_id for _, message_id in stored]
         assert len(ids) == len(set(ids)), f"{room}: a messageId stored twice"
         assert set(ids) == sent[room], f"{room}: lost or foreign messages"
+    assert sum(len(s) for s in sent.values()) == total
     assert second.popen is not None
     assert second.popen.poll() is None

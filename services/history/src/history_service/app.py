@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -73,12 +74,16 @@ def create_app(settings: Settings) -> FastAPI:
                 try:
                     yield
                 finally:
-                    await commands.loop.stop()
-                    await room_events.loop.stop()
-                    await ranges.stop()
+                    await asyncio.gather(
+                        commands.loop.stop(), room_events.loop.stop(), ranges.stop()
+                    )
         finally:
+            # Everything to keep has been flushed and acked by now; drain() would wait on the
+            # pull subscriptions' inboxes, so flush what is left and close.
             with contextlib.suppress(Exception):
-                await nc.drain()
+                await nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await nc.close()
 
     app = FastAPI(
         title="chat history",
