@@ -199,3 +199,47 @@ async def test_bad_token_refused_at_handshake(mesh: Mesh) -> None:
             raise AssertionError("handshake accepted")
         except websockets.InvalidStatus as exc:
             assert exc.response.status_code == 401
+
+
+def _short_lived_token(user_id: str, seconds_left: float) -> str:
+    """A token the edge accepts now but whose expiry (plus the default 30 s leeway) is near."""
+    import time
+
+    from infra.auth import TokenService
+    from mesh.testing import TEST_SECRET
+
+    ttl = 60
+    issued = time.time() - ttl - 30 + seconds_left
+    return TokenService(TEST_SECRET, "chat", ttl, 30).issue(user_id, now=issued)[0]
+
+
+async def test_expired_connection_closed_with_4401_unless_refreshed(mesh: Mesh) -> None:
+    """An open connection whose token expires is closed with 4401; `refresh` keeps it open."""
+    user = await create_user(mesh, "Shorty")
+    other = await create_user(mesh, "Other")
+    expiring = await WsClient.connect(
+        mesh.ws_url(0, _short_lived_token(user["id"], 2)), user["id"]
+    )
+    refreshed = await WsClient.connect(
+        mesh.ws_url(1, _short_lived_token(user["id"], 2)), user["id"]
+    )
+    try:
+        await refreshed.send({"action": "refresh", "token": other["token"], "requestId": "bad"})
+        err = await refreshed.wait_for(lambda f: f.get("requestId") == "bad")
+        assert err["type"] == "error"
+        await refreshed.send({"action": "refresh", "token": "garbage", "requestId": "bad2"})
+        err = await refreshed.wait_for(lambda f: f.get("requestId") == "bad2")
+        assert err["error"]["code"] == "unauthorized"
+        await refreshed.send({"action": "refresh", "token": user["token"], "requestId": "ok"})
+        ok = await refreshed.wait_for(lambda f: f.get("requestId") == "ok")
+        assert ok["type"] == "refreshed"
+        assert ok["expiresAt"].endswith("Z")
+        await asyncio.wait_for(expiring.closed.wait(), 15)
+        assert expiring.close_code == 4401
+        await asyncio.sleep(1.5)
+        assert not refreshed.closed.is_set()
+        await refreshed.send({"action": "sync", "rooms": {}, "requestId": "still"})
+        await refreshed.wait_for(lambda f: f.get("requestId") == "still")
+    finally:
+        await expiring.close()
+        await refreshed.close()

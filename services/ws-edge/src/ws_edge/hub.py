@@ -219,6 +219,13 @@ class Hub:
         feed.members.add(conn)
         conn.view(room_id)
 
+    async def _flush(self) -> None:
+        """Make new subscriptions effective before the client hears of the room."""
+        try:
+            await self.bus.nc.flush(timeout=2)
+        except Exception as exc:
+            log.warning("nats flush failed: %s", exc)
+
     async def _drop_feed(self, feed: RoomFeed) -> None:
         self.feeds.pop(feed.room_id, None)
         if feed.filling is not None:
@@ -236,7 +243,8 @@ class Hub:
         feed = self.feeds.get(event.message.roomId)
         if feed is None:
             return
-        if event.origin is not None:
+        delivered = feed.order.delivered
+        if event.origin is not None and (delivered is None or event.message.seq > delivered):
             feed.origins[event.message.seq] = event.origin
         self._release(feed, feed.order.offer(event.message))
         if feed.order.gap() is not None and feed.filling is None:
@@ -338,20 +346,20 @@ class Hub:
 
     async def _announce_room(self, room: Room, user_ids: list[str], origin: Origin | None) -> None:
         plain = encode(RoomCreatedFrame(room=room))
-        for user_id in user_ids:
-            conns = list(self.by_user.get(user_id, ()))
-            if not conns:
+        targets = [c for user_id in user_ids for c in list(self.by_user.get(user_id, ()))]
+        for conn in targets:
+            self.user_rooms.setdefault(conn.user_id, set()).add(room.id)
+            await self._join(conn, room.id, new_room=True)
+        if targets:
+            await self._flush()
+        for conn in targets:
+            if room.id in conn.announced_rooms:
                 continue
-            self.user_rooms.setdefault(user_id, set()).add(room.id)
-            for conn in conns:
-                await self._join(conn, room.id, new_room=True)
-                if room.id in conn.announced_rooms:
-                    continue
-                conn.announced_rooms.add(room.id)
-                text = plain
-                if origin is not None and origin.conn == conn.id and origin.requestId:
-                    text = encode(RoomCreatedFrame(room=room, requestId=origin.requestId))
-                conn.push(text)
+            conn.announced_rooms.add(room.id)
+            text = plain
+            if origin is not None and origin.conn == conn.id and origin.requestId:
+                text = encode(RoomCreatedFrame(room=room, requestId=origin.requestId))
+            conn.push(text)
 
     async def _router_loop(self) -> None:
         """Route RoomCreated to the nodes holding a participant (one edge handles each event)."""
@@ -512,6 +520,7 @@ class Hub:
         # the creator's connection hears at once; the other connections via the router
         self.user_rooms.setdefault(conn.user_id, set()).add(reply.room.id)
         await self._join(conn, reply.room.id, new_room=True)
+        await self._flush()
         if reply.room.id not in conn.announced_rooms:
             conn.announced_rooms.add(reply.room.id)
             conn.push(encode(RoomCreatedFrame(room=reply.room, requestId=action.requestId)))
