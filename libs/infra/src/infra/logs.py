@@ -4,8 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+
+# Secrets that must never reach a log line: `token=` query values (WS and SSE URLs), bearer
+# headers and anything shaped like a JWT (three base64url parts, the first one `eyJ`).
+_SECRET_PATTERNS = (
+    (re.compile(r"(?i)(token=)[^&\s\"']+"), r"\1[redacted]"),
+    (re.compile(r"(?i)(bearer\s+)[^\s\"',]+"), r"\1[redacted]"),
+    (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+)
+
+
+def redact(text: str) -> str:
+    """The text with tokens (query values, bearer headers, JWT-shaped strings) replaced."""
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,14 +36,14 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         for key in ("correlation_id", "room_id", "user_id", "node"):
             value = getattr(record, key, None)
             if value is not None:
                 entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -37,7 +53,8 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Access logs would carry `?token=` query strings: they are off (see docs/security.md).
+    # Access logs would carry `?token=` query strings: they are off, and every line is passed
+    # through `redact` (uvicorn logs WebSocket handshakes with their query; docs/security.md).
     logging.getLogger("uvicorn.access").disabled = True
     for noisy in ("botocore", "aiobotocore", "nats"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,41 @@
+"""Log lines never carry tokens: query values, bearer headers and JWT-shaped strings."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from infra.auth import TokenService
+from infra.logs import JsonFormatter, redact
+
+
+def _token() -> str:
+    return TokenService("s" * 40, "chat", 3600, 30).issue("user_1")[0]
+
+
+def test_redact_query_bearer_and_jwt() -> None:
+    """`?token=`, `Bearer` values and bare JWTs are replaced; other text is kept."""
+    token = _token()
+    line = f'1.2.3.4 - "WebSocket /ws?token={token}&x=1" [accepted] Bearer {token} {token}'
+    out = redact(line)
+    assert token not in out
+    assert "token=[redacted]&x=1" in out
+    assert "Bearer [redacted]" in out
+    assert redact("nothing secret here") == "nothing secret here"
+
+
+def test_formatter_redacts_message_args_and_exceptions() -> None:
+    """The JSON formatter redacts the formatted message and the exception text."""
+    token = _token()
+    try:
+        raise ValueError(f"bad token {token}")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord(
+            "uvicorn.error", logging.INFO, __file__, 1, "%s", (f"/ws?token={token}",), None
+        )
+        record.exc_info = sys.exc_info()
+    text = JsonFormatter("test").format(record)
+    assert token not in text
+    assert json.loads(text)["msg"] == "/ws?token=[redacted]"
