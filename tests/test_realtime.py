@@ -243,3 +243,37 @@ async def test_expired_connection_closed_with_4401_unless_refreshed(mesh: Mesh) 
     finally:
         await expiring.close()
         await refreshed.close()
+
+
+async def test_order_per_connection_with_two_history_replicas(
+    mesh_procs: tuple[Mesh, object],
+) -> None:
+    """With two history processes, each connection's messages keep their sending order."""
+    mesh, launcher = mesh_procs
+    second = launcher.start("history-2", "history_service")  # type: ignore[attr-defined]
+    try:
+        users = [await create_user(mesh, f"R{i}") for i in range(3)]
+        clients = [
+            await WsClient.connect(mesh.ws_url(i % 2, u["token"]), u["id"])
+            for i, u in enumerate(users)
+        ]
+        room = await _room(clients[0], [u["id"] for u in users])
+        for c in clients[1:]:
+            await c.wait_for(lambda f: f.get("type") == "room_created")
+
+        async def burst(c: WsClient) -> None:
+            for n in range(30):
+                await c.send_message(room["id"], f"{c.user_id} #{n}")
+
+        await asyncio.gather(*(burst(c) for c in clients))
+        for c in clients:
+            await c.wait_count(room["id"], 90, timeout=60)
+        got = clients[0].messages(room["id"])
+        assert [m["seq"] for m in got] == list(range(1, 91))
+        for c in clients:
+            own = [m["content"] for m in got if m["senderId"] == c.user_id]
+            assert own == [f"{c.user_id} #{n}" for n in range(30)]
+        for c in clients:
+            await c.close()
+    finally:
+        second.stop()

@@ -53,6 +53,7 @@ from ws_edge.adapters.connmap import RedisConnectionMap
 from ws_edge.connection import Connection
 from ws_edge.domain.delivery import RoomOrder
 from ws_edge.domain.frames import error_frame
+from ws_edge.ordering import RoomSequencer
 from ws_edge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class Hub:
         self.by_user: dict[str, set[Connection]] = {}
         self.user_rooms: dict[str, set[str]] = {}
         self.feeds: dict[str, RoomFeed] = {}
+        self.sequencers: dict[str, RoomSequencer] = {}
         self._feed_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._node_sub: Subscription | None = None
@@ -170,6 +172,9 @@ class Hub:
         if conn.expiry is not None:
             conn.expiry.cancel()
         self.conns.pop(conn.id, None)
+        sequencer = self.sequencers.pop(conn.id, None)
+        if sequencer is not None:
+            sequencer.close()
         users = self.by_user.get(conn.user_id)
         if users is not None:
             users.discard(conn)
@@ -247,6 +252,7 @@ class Hub:
         if event.origin is not None and (delivered is None or event.message.seq > delivered):
             feed.origins[event.message.seq] = event.origin
         self._release(feed, feed.order.offer(event.message))
+        self._resolved(event.origin, event.message.roomId, event.message.messageId)
         if feed.order.gap() is not None and feed.filling is None:
             feed.filling = asyncio.create_task(self._fill_gap(feed))
 
@@ -307,6 +313,7 @@ class Hub:
             kind = orjson.loads(msg.data).get("event")
             if kind == "CommandRejected":
                 rejected = CommandRejected.model_validate_json(msg.data)
+                self._resolved(rejected.origin, rejected.roomId, rejected.messageId)
                 conn = self.conns.get(rejected.origin.conn or "")
                 if conn is not None:
                     conn.push(
@@ -321,6 +328,7 @@ class Hub:
                     )
             elif kind == "MessageCreated":
                 answer = MessageCreated.model_validate_json(msg.data)
+                self._resolved(answer.origin, answer.message.roomId, answer.message.messageId)
                 origin = answer.origin
                 conn = self.conns.get(origin.conn or "") if origin else None
                 if conn is not None and origin is not None:
@@ -486,7 +494,7 @@ class Hub:
             return
         if action.roomId not in conn.rooms:
             await self._join(conn, action.roomId, new_room=False)
-        await self.bus.send_message(
+        accepted = await self._sequencer(conn).submit(
             CreateMessageCommand(
                 userId=conn.user_id,
                 roomId=action.roomId,
@@ -496,6 +504,43 @@ class Hub:
                 origin=self._origin(conn, action.requestId),
             )
         )
+        if not accepted:
+            refuse(ErrorCode.RATE_LIMITED, "too many messages waiting for this room; slow down")
+
+    def _sequencer(self, conn: Connection) -> RoomSequencer:
+        sequencer = self.sequencers.get(conn.id)
+        if sequencer is None:
+
+            def failed(command: CreateMessageCommand, exc: Exception) -> None:
+                origin = command.origin
+                conn.push(
+                    encode(
+                        error_frame(
+                            ErrorCode.UNAVAILABLE,
+                            f"message not accepted ({type(exc).__name__}); retry",
+                            origin.requestId if origin else None,
+                            command.messageId,
+                            command.roomId,
+                        )
+                    )
+                )
+
+            sequencer = RoomSequencer(
+                self.bus.send_message,
+                failed,
+                timeout=self.settings.bus_timeout_seconds * 2,
+                max_queued=self.settings.rate_burst,
+            )
+            self.sequencers[conn.id] = sequencer
+        return sequencer
+
+    def _resolved(self, origin: Origin | None, room_id: str | None, message_id: str | None) -> None:
+        """A command of one of this node's connections was stored or refused."""
+        if origin is None or origin.node != self.node or not room_id or not message_id:
+            return
+        sequencer = self.sequencers.get(origin.conn or "")
+        if sequencer is not None:
+            sequencer.resolved(room_id, message_id)
 
     async def _create_room(self, conn: Connection, action: CreateRoomAction) -> None:
         reply = await self.bus.create_room(

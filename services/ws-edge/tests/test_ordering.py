@@ -1,0 +1,72 @@
+"""One create_message in flight per connection and room; the next waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from contracts.bus import CreateMessageCommand
+from ws_edge.ordering import RoomSequencer
+
+
+def _cmd(room: str, mid: str) -> CreateMessageCommand:
+    return CreateMessageCommand(
+        userId="u", roomId=room, messageId=mid, content="x", createdAt="2024-01-01T00:00:00Z"
+    )
+
+
+async def test_next_message_waits_for_previous() -> None:
+    """A room's second message is published only after the first one is resolved."""
+    sent: list[str] = []
+
+    async def publish(command: CreateMessageCommand) -> None:
+        sent.append(command.messageId)
+
+    seq = RoomSequencer(publish, lambda c, e: None, timeout=30, max_queued=5)
+    assert await seq.submit(_cmd("r", "m1"))
+    assert await seq.submit(_cmd("r", "m2"))
+    assert await seq.submit(_cmd("other", "o1"))
+    assert sent == ["m1", "o1"]
+    seq.resolved("r", "not-the-one")
+    await asyncio.sleep(0)
+    assert sent == ["m1", "o1"]
+    seq.resolved("r", "m1")
+    await asyncio.sleep(0.01)
+    assert sent == ["m1", "o1", "m2"]
+    seq.close()
+
+
+async def test_queue_is_bounded_and_timeout_releases() -> None:
+    """A full queue refuses; an unanswered message releases the next after the timeout."""
+    sent: list[str] = []
+
+    async def publish(command: CreateMessageCommand) -> None:
+        sent.append(command.messageId)
+
+    seq = RoomSequencer(publish, lambda c, e: None, timeout=0.05, max_queued=1)
+    assert await seq.submit(_cmd("r", "a"))
+    assert await seq.submit(_cmd("r", "b"))
+    assert not await seq.submit(_cmd("r", "c"))
+    await asyncio.sleep(0.2)
+    assert sent == ["a", "b"]
+    seq.close()
+
+
+async def test_publish_failure_reported_and_queue_continues() -> None:
+    """A queued message whose publish fails is reported; later ones still go out."""
+    sent: list[str] = []
+    failures: list[str] = []
+
+    async def publish(command: CreateMessageCommand) -> None:
+        if command.messageId == "bad":
+            raise ConnectionError("bus down")
+        sent.append(command.messageId)
+
+    seq = RoomSequencer(publish, lambda c, e: failures.append(c.messageId), 30, 5)
+    await seq.submit(_cmd("r", "a"))
+    await seq.submit(_cmd("r", "bad"))
+    await seq.submit(_cmd("r", "c"))
+    seq.resolved("r", "a")
+    await asyncio.sleep(0.05)
+    assert failures == ["bad"]
+    assert sent == ["a", "c"]
+    seq.close()
