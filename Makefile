@@ -11,7 +11,7 @@ PACKAGES := contracts/src libs/infra/src services/users/src services/rooms/src s
 # pip on some machines warns about unreachable local find-links folders: keep real errors only
 PIPFILTER := { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: run test lint typecheck unit integration faults install lock clean provision asyncapi
+.PHONY: run test browser lint typecheck unit integration faults install lock clean provision asyncapi
 
 # Check ports first so a running mesh is never disturbed by a second `make run` (no build step
 # touches anything before the check passes).
@@ -41,8 +41,12 @@ lint: install
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy $(PACKAGES)
 
-test: install lint
+test: install lint browser
 	@$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# Debian's chromium for the browser tests (apt-get, only when /usr/bin/chromium is missing)
+browser:
+	@bash scripts/install-chromium.sh
 
 provision: install
 	@$(BIN)/python -m infra.provision
