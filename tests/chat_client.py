@@ -96,19 +96,19 @@ class WsClient:
             if room_id is None or f["message"]["roomId"] == room_id
         ]
 
-    async def wait_for(self, predicate: Any, timeout: float = 15.0) -> dict[str, Any]:
-        """The first received frame matching `predicate`; fails after `timeout` seconds."""
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_for(self, predicate: Any, within: float = 15.0) -> dict[str, Any]:
+        """The first received frame matching `predicate`; fails after `within` seconds."""
+        deadline = asyncio.get_running_loop().time() + within
         while True:
             for frame in self.frames:
                 if predicate(frame):
                     return frame
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"no matching frame in {timeout}s; got {self.frames[-5:]}")
+                raise AssertionError(f"no matching frame in {within}s; got {self.frames[-5:]}")
             await asyncio.sleep(0.02)
 
-    async def wait_count(self, room_id: str, count: int, timeout: float = 30.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_count(self, room_id: str, count: int, within: float = 30.0) -> None:
+        deadline = asyncio.get_running_loop().time() + within
         while len(self.messages(room_id)) < count:
             if asyncio.get_running_loop().time() > deadline:
                 got = [m["seq"] for m in self.messages(room_id)]

@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared test client (importlib mode)
 
-from chat_client import Mesh  # noqa: E402
+from chat_client import Mesh
 
-from mesh.testing import Infra, ServiceLauncher  # noqa: E402
+from mesh.testing import Infra, ServiceLauncher
 
 
 @pytest.fixture(scope="module")
