@@ -140,6 +140,10 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
+    # no page of these services may be framed (clickjacking); scripts are not restricted here
+    # because the web client and /docs set their own policy where they need one
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"cross-origin-opener-policy", b"same-origin"),
 ]
 
 

@@ -13,6 +13,7 @@ from infra.cache import redis_client
 from infra.http import health_router, install_common_middleware, install_error_handlers
 from ws_edge.adapters.bus import EdgeBus
 from ws_edge.adapters.connmap import RedisConnectionMap
+from ws_edge.domain.limits import UserBuckets
 from ws_edge.entrypoints import http as http_routes
 from ws_edge.entrypoints import ws as ws_routes
 from ws_edge.hub import Hub
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title=f"chat ws-edge ({settings.node_id})", lifespan=lifespan)
     app.state.settings = settings
     app.state.tokens = tokens
+    app.state.user_buckets = UserBuckets(settings.user_rate_burst, settings.user_rate_per_second)
     install_error_handlers(app)
     install_common_middleware(app, settings.max_body_bytes, settings.cors_origin_list)
 

@@ -28,8 +28,29 @@ class Settings(CommonSettings):
     abuse_window_seconds: float = Field(default=10.0, gt=0)
     # frames waiting for a slow client before it is disconnected with 4408
     send_queue_frames: int = Field(default=1024, ge=8)
+    # a server close not taken by the peer within this time drops the socket (no close frame)
+    close_timeout_seconds: float = Field(default=5.0, gt=0)
+    # per user across every edge node (the Redis connection map), checked at the handshake
     max_connections_per_user: int = Field(default=20, ge=1)
+    # per user token bucket shared by that user's connections on one node
+    user_rate_burst: int = Field(default=400, ge=1)
+    user_rate_per_second: float = Field(default=200.0, gt=0)
+    # browser origins allowed to open /ws besides the node's own (comma separated, `*` = any);
+    # a handshake without an Origin header (non-browser client) is always allowed
+    ws_allowed_origins: str = ""
     ping_interval_seconds: float = Field(default=20.0, gt=0)
     bus_timeout_seconds: float = Field(default=5.0, gt=0)
     node_ttl_seconds: int = Field(default=15, ge=3)
     sync_replay_limit: int = Field(default=500, ge=1, le=500)
+    # presence: a user is announced offline only after this long without any connection anywhere
+    presence_grace_seconds: float = Field(default=5.0, gt=0)
+    # SSE (`GET /events`): comment heartbeat interval
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # `POST /rooms/{id}/messages`: how long to wait for the stored message (201) before 202
+    http_send_wait_seconds: float = Field(default=5.0, gt=0)
+
+    @property
+    def ws_allowed_origin_list(self) -> list[str]:
+        return [
+            o.strip().rstrip("/").lower() for o in self.ws_allowed_origins.split(",") if o.strip()
+        ]

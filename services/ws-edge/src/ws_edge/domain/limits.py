@@ -37,3 +37,32 @@ class AbuseMeter:
         while self.times and now - self.times[0] > self.window:
             self.times.popleft()
         return len(self.times) >= self.limit
+
+
+class UserBuckets:
+    """One token bucket per user, shared by that user's connections on this node.
+
+    A bucket lives while the user has a connection here (reference counted), so memory is
+    bounded by the connected users.
+    """
+
+    def __init__(self, capacity: int, rate: float) -> None:
+        self.capacity = capacity
+        self.rate = rate
+        self.buckets: dict[str, TokenBucket] = {}
+        self.refs: dict[str, int] = {}
+
+    def acquire(self, user_id: str, now: float) -> TokenBucket:
+        bucket = self.buckets.get(user_id)
+        if bucket is None:
+            bucket = self.buckets[user_id] = TokenBucket(self.capacity, self.rate, now)
+        self.refs[user_id] = self.refs.get(user_id, 0) + 1
+        return bucket
+
+    def release(self, user_id: str) -> None:
+        left = self.refs.get(user_id, 0) - 1
+        if left > 0:
+            self.refs[user_id] = left
+            return
+        self.refs.pop(user_id, None)
+        self.buckets.pop(user_id, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -14,7 +15,8 @@ from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.ws import ErrorFrame
 from ws_edge.connection import Connection
 from ws_edge.domain.frames import error_frame, parse_client_frame
-from ws_edge.domain.limits import AbuseMeter, TokenBucket
+from ws_edge.domain.limits import AbuseMeter, TokenBucket, UserBuckets
+from ws_edge.domain.origin import origin_allowed
 from ws_edge.hub import Hub, encode
 from ws_edge.settings import Settings
 
@@ -23,7 +25,7 @@ router = APIRouter()
 
 
 async def _deny(websocket: WebSocket, status: int, code: ErrorCode, message: str) -> None:
-    """Refuse at the handshake with an HTTP status (401/429) and the JSON error body."""
+    """Refuse at the handshake with an HTTP status (401/403/429) and the JSON error body."""
     response = JSONResponse(ErrorBody.of(code, message).model_dump(), status_code=status)
     try:
         await websocket.send_denial_response(response)
@@ -39,25 +41,36 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     if hub.stopping:
         await _deny(websocket, 503, ErrorCode.UNAVAILABLE, "node going away")
         return
+    origin = websocket.headers.get("origin")
+    if not origin_allowed(origin, websocket.headers.get("host"), settings.ws_allowed_origin_list):
+        await _deny(websocket, 403, ErrorCode.FORBIDDEN, "origin not allowed")
+        return
     token = websocket.query_params.get("token") or ""
     try:
         claims = hub.tokens.verify(token)
     except ChatError as exc:
         await _deny(websocket, 401, exc.code, exc.message)
         return
-    local = len(hub.by_user.get(claims.user_id, ()))
-    if local >= settings.max_connections_per_user:
+    if await _connections_of(hub, claims.user_id) >= settings.max_connections_per_user:
         await _deny(websocket, 429, ErrorCode.RATE_LIMITED, "too many connections for this user")
         return
     await websocket.accept()
     now = time.monotonic()
+    user_buckets: UserBuckets = websocket.app.state.user_buckets
+    user_bucket = user_buckets.acquire(claims.user_id, now)
 
     async def send_text(text: str) -> None:
         await websocket.send_text(text)
 
     async def close(code: int, reason: str) -> None:
         if websocket.application_state != WebSocketState.DISCONNECTED:
-            await websocket.close(code=code, reason=reason)
+            try:
+                await asyncio.wait_for(
+                    websocket.close(code=code, reason=reason), settings.close_timeout_seconds
+                )
+            except TimeoutError:
+                # a peer that does not read cannot even take the close frame: drop the socket
+                _abort_transport(websocket)
 
     conn = Connection(
         claims,
@@ -70,13 +83,14 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     conn.start()
     try:
         await hub.attach(conn)
-        await _read_loop(websocket, hub, conn, settings)
+        await _read_loop(websocket, hub, conn, settings, user_bucket)
     except WebSocketDisconnect:
         pass
     except Exception:
         log.exception("connection failed")
         conn.close_soon(1011, "internal error")
     finally:
+        user_buckets.release(claims.user_id)
         await hub.detach(conn)
         if conn.writer is not None and conn.close_code is None:
             conn.writer.cancel()
@@ -85,13 +99,36 @@ async def ws_endpoint(websocket: WebSocket) -> None:
                 await websocket.close()
 
 
+def _abort_transport(websocket: WebSocket) -> None:
+    """Drop the TCP connection at once, discarding unsent data (uvicorn's transport)."""
+    owner = getattr(websocket._receive, "__self__", None)
+    transport = getattr(owner, "transport", None)
+    abort = getattr(transport, "abort", None)
+    if callable(abort):
+        abort()
+    else:
+        log.warning("cannot abort a stuck connection on this server")
+
+
+async def _connections_of(hub: Hub, user_id: str) -> int:
+    """The user's live connections on every node (Redis map; this node's count if it fails)."""
+    local = len(hub.by_user.get(user_id, ()))
+    try:
+        return max(local, await hub.connmap.count(user_id))
+    except Exception as exc:
+        log.warning("connection count unavailable, using this node's: %s", exc)
+        return local
+
+
 def _refuse(conn: Connection, frame: ErrorFrame, now: float) -> None:
     conn.push(encode(frame))
     if conn.abuse.refuse(now):
         conn.close_soon(4429, "abusive: too many refused frames")
 
 
-async def _read_loop(websocket: WebSocket, hub: Hub, conn: Connection, settings: Settings) -> None:
+async def _read_loop(
+    websocket: WebSocket, hub: Hub, conn: Connection, settings: Settings, user_bucket: TokenBucket
+) -> None:
     while not conn.closed:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -107,6 +144,10 @@ async def _read_loop(websocket: WebSocket, hub: Hub, conn: Connection, settings:
             continue
         if not conn.bucket.take(now):
             _refuse(conn, error_frame(ErrorCode.RATE_LIMITED, "too many frames; slow down"), now)
+            continue
+        if not user_bucket.take(now):
+            why = "too many frames from this user's connections; slow down"
+            _refuse(conn, error_frame(ErrorCode.RATE_LIMITED, why), now)
             continue
         parsed = parse_client_frame(text, settings.max_frame_bytes)
         if isinstance(parsed, ErrorFrame):
