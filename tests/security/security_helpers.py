@@ -49,6 +49,10 @@ async def user(mesh: Mesh, name: str) -> dict[str, Any]:
     return await create_user(mesh, name)
 
 
+async def users(mesh: Mesh, *names: str) -> list[dict[str, Any]]:
+    return [await create_user(mesh, name) for name in names]
+
+
 async def connect(url: str, user_id: str, **kwargs: Any) -> WsClient:
     """A recording client (see chat_client.WsClient); kwargs go to websockets.connect."""
     kwargs.setdefault("max_size", 2**22)
