@@ -1,0 +1,94 @@
+"""Edge nodes failing under traffic: kill -9 and SIGTERM, clients move to the other node."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from faultkit import (
+    FaultMesh,
+    at,
+    bounded,
+    connect_users,
+    online,
+    prepare,
+    settle_and_count,
+    shared_room,
+    stream,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
+
+COUNT = 150  # messages per sender
+INTERVAL = 0.03
+
+
+async def _edge_fault(fault_mesh: list[FaultMesh], graceful: bool) -> None:
+    mesh = await FaultMesh().up()
+    fault_mesh.append(mesh)
+    # senders and receivers on both nodes: alice, carol on a; bob, dave on b
+    alice, carol, bob, dave = await connect_users(
+        mesh, [("alice", 0), ("carol", 0), ("bob", 1), ("dave", 1)]
+    )
+    erin = await prepare(mesh, "erin", 0)  # joins later, on the relaunched node a
+    clients = [alice, carol, bob, dave, erin]
+    try:
+        room = await shared_room(alice, [carol, bob, dave], also=[erin])
+        edge_a = mesh.services["edge-a"]
+        fault_at: list[float] = []
+
+        async def fault() -> None:
+            fault_at.append(time.monotonic())
+            await asyncio.to_thread(edge_a.stop if graceful else edge_a.kill)
+
+        senders = [
+            asyncio.create_task(stream(alice, room, COUNT, INTERVAL)),
+            asyncio.create_task(stream(bob, room, COUNT, INTERVAL)),
+        ]
+        await at(1.5, fault)
+        moved = [alice, carol]
+        await bounded(
+            "clients of node a reconnected to b and synced",
+            lambda: all(c.connection >= 2 and c.ready.is_set() for c in moved),
+            30,
+        )
+        recovered = max(c.ready_times[-1] for c in moved) - fault_at[0]
+        await asyncio.gather(*senders)
+        if graceful:
+            codes = {c.close_codes[0] for c in moved}
+            assert codes == {1001}, f"close codes of node a's clients: {codes}"
+        # the node comes back (what the runner does) and serves again: a late member joins it
+        await asyncio.to_thread(edge_a.start)
+        await online([erin])
+        assert erin.connected_edges == [0]
+        await stream(erin, room, 10, INTERVAL)
+        figures = await settle_and_count(
+            mesh,
+            "edge SIGTERM" if graceful else "edge kill -9",
+            room,
+            [alice, bob, erin],
+            [alice, carol, bob, dave, erin],
+            fault_at[0],
+        )
+        figures.recover_seconds = recovered
+        figures.notes.append(f"clients moved in {recovered:.1f}s; relaunched node a served erin")
+        figures.report()
+        assert figures.lost == 0, figures.line()
+        assert figures.duplicated == 0, figures.line()
+        assert figures.acknowledged == figures.sent == 2 * COUNT + 10
+    except BaseException:
+        print(mesh.log_tails())
+        raise
+    finally:
+        await asyncio.gather(*(c.stop() for c in clients))
+
+
+async def test_kill_edge_node_under_traffic(fault_mesh: list[FaultMesh]) -> None:
+    """kill -9 node a while two senders stream: everyone ends with every message exactly once."""
+    await _edge_fault(fault_mesh, graceful=False)
+
+
+async def test_sigterm_edge_node_under_traffic(fault_mesh: list[FaultMesh]) -> None:
+    """SIGTERM node a: its clients get 1001, move to b, sync; nothing lost or doubled."""
+    await _edge_fault(fault_mesh, graceful=True)
