@@ -169,3 +169,16 @@ class DeliverToUsers(Envelope):
     frame: dict[str, object]
     subscribeRoom: str | None = None
     origin: Origin | None = None
+
+
+class PresenceChanged(Envelope):
+    """A user came online (first connection anywhere) or went offline (none for a while).
+
+    Core NATS on `chat.presence.changed`; `roomIds` are the user's rooms, so that each edge node
+    finds the local connections that share one without asking anyone.
+    """
+
+    event: Literal["PresenceChanged"] = "PresenceChanged"
+    userId: str
+    online: bool
+    roomIds: list[str] = Field(default_factory=list)

@@ -137,3 +137,14 @@ class SendMessageRequest(WireModel):
     content: MessageContent
     createdAt: Timestamp
     senderId: Identifier | None = Field(default=None, description="if given, must be the caller")
+
+
+class PresenceEntry(WireModel):
+    """One user's presence in `GET /presence` (ws-edge): the `presence` frame without `type`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"userId": "user_123", "online": True}]}
+    )
+
+    userId: str
+    online: bool

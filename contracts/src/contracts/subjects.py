@@ -19,6 +19,9 @@ ROOM_CREATED = f"{PREFIX}.evt.room_created"
 MESSAGE_CREATED_PREFIX = f"{PREFIX}.evt.message_created"  # .<roomId>: edges subscribe per room
 MESSAGE_CREATED_ALL = f"{MESSAGE_CREATED_PREFIX}.>"
 EVENTS_ALL = f"{PREFIX}.evt.>"
+# Presence changes (core NATS, not captured): every edge node listens and pushes `presence`
+# frames to its local connections that share one of the user's rooms
+PRESENCE_CHANGED = f"{PREFIX}.presence.changed"
 
 # Queries (core request/reply, queue groups)
 GET_USERS = f"{PREFIX}.q.users.get"

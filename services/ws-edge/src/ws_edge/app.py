@@ -15,8 +15,12 @@ from ws_edge.adapters.bus import EdgeBus
 from ws_edge.adapters.connmap import RedisConnectionMap
 from ws_edge.domain.limits import UserBuckets
 from ws_edge.entrypoints import http as http_routes
+from ws_edge.entrypoints import rest as rest_routes
+from ws_edge.entrypoints import sse as sse_routes
 from ws_edge.entrypoints import ws as ws_routes
+from ws_edge.http_send import HttpSender
 from ws_edge.hub import Hub
+from ws_edge.presence import Presence
 from ws_edge.settings import Settings
 
 
@@ -42,11 +46,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hub = hub
         app.state.nc = nc
         app.state.redis = redis
+        hub.presence = Presence(hub, redis, settings.presence_grace_seconds)
+        app.state.http_sender = HttpSender(hub, settings.http_send_wait_seconds)
         await hub.start()
+        await hub.presence.start()
         try:
             yield
         finally:
             await hub.going_away()
+            await hub.presence.stop()
             await hub.stop()
             await close_nats(nc)
             await redis.aclose()
@@ -68,4 +76,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router(lambda: {"nats": nats_ready, "redis": redis_ready}))
     app.include_router(http_routes.router)
     app.include_router(ws_routes.router)
+    app.include_router(sse_routes.router)
+    app.include_router(rest_routes.router)
     return app

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 from nats.aio.msg import Msg
@@ -55,6 +57,9 @@ from ws_edge.domain.delivery import RoomOrder
 from ws_edge.domain.frames import error_frame
 from ws_edge.ordering import RoomSequencer
 from ws_edge.settings import Settings
+
+if TYPE_CHECKING:
+    from ws_edge.presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,9 @@ class Hub:
         self._node_sub: Subscription | None = None
         self._map_dirty = False
         self.stopping = False
+        # set by the app: presence announcements, and listeners of the node subject (HTTP sends)
+        self.presence: Presence | None = None
+        self.node_listeners: list[Callable[[bytes], None]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -160,6 +168,8 @@ class Hub:
         except Exception as exc:
             self._map_dirty = True
             log.warning("redis register failed (will re-register): %s", exc)
+        if self.presence is not None:
+            self.presence.connected(conn.user_id)
         rooms = await self._load_user_rooms(conn.user_id, force=conn.user_id not in self.user_rooms)
         for room_id in rooms:
             await self._join(conn, room_id, new_room=False)
@@ -193,6 +203,8 @@ class Hub:
                 await self.connmap.unregister(conn.user_id, conn.id)
             except Exception as exc:
                 log.warning("redis unregister failed: %s", exc)
+            if self.presence is not None and conn.user_id not in self.by_user:
+                self.presence.disconnected(conn.user_id)
 
     def _schedule_expiry(self, conn: Connection) -> None:
         if conn.expiry is not None:
@@ -309,6 +321,8 @@ class Hub:
     # --- node subject: rejections, direct answers, user-targeted frames -----------------------
 
     async def _on_node_msg(self, msg: Msg) -> None:
+        for listener in self.node_listeners:
+            listener(msg.data)
         try:
             kind = orjson.loads(msg.data).get("event")
             if kind == "CommandRejected":

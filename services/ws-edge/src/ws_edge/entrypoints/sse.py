@@ -1,0 +1,155 @@
+"""`GET /events`: the same server frames as `/ws`, as server-sent events (CONTRACT.md section 6).
+
+Authorization as on `/ws`: `Authorization: Bearer <token>` or `?token=` (EventSource cannot set
+headers). Resume with the `Last-Event-ID` header (browsers send it on their own) or
+`?lastEventId=`. A comment heartbeat goes out every `CHAT_SSE_HEARTBEAT_SECONDS` (15 s).
+When the server ends a stream (token expired, too slow, node going away) it writes a comment
+`: closed <code> <reason>` with the WebSocket close code first; the client reconnects with its
+last event id (after refreshing its token for 4401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from contracts.errors import ChatError, ErrorBody, ErrorCode
+from infra.auth import Claims, bearer_token
+from ws_edge.domain.limits import AbuseMeter, TokenBucket
+from ws_edge.domain.position import Spans, decode_position
+from ws_edge.hub import Hub
+from ws_edge.settings import Settings
+from ws_edge.sse import SseConnection, open_stream
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["events"])
+
+RETRY_MS = 2000
+
+
+class EventStream(Response):
+    """A streaming answer driven by a hub connection (its writer task writes the events)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, hub: Hub, settings: Settings, claims: Claims, position: dict[str, Spans] | None
+    ) -> None:
+        super().__init__(
+            status_code=200,
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+            media_type=self.media_type,
+        )
+        # a stream has no length: drop the `content-length: 0` of an empty Response
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.hub = hub
+        self.settings = settings
+        self.claims = claims
+        self.position = position
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ended = asyncio.Event()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        )
+
+        async def write(text: str) -> None:
+            await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+
+        async def close(code: int, reason: str) -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(write(f": closed {code} {reason}\n\n"), 1.0)
+            ended.set()
+
+        settings = self.settings
+        conn = SseConnection(
+            self.claims,
+            write,
+            close,
+            settings.send_queue_frames,
+            TokenBucket(settings.rate_burst, settings.rate_per_second, time.monotonic()),
+            AbuseMeter(settings.abuse_refusals, settings.abuse_window_seconds),
+        )
+        conn.start()
+        conn.push_comment(f"stream of {conn.user_id}\nretry: {RETRY_MS}")
+
+        async def watch_disconnect() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    ended.set()
+                    return
+
+        async def heartbeat() -> None:
+            while not conn.closed:
+                await asyncio.sleep(settings.sse_heartbeat_seconds)
+                conn.push_comment("heartbeat")
+
+        helpers = [asyncio.create_task(watch_disconnect()), asyncio.create_task(heartbeat())]
+        try:
+            await open_stream(self.hub, conn, self.position)
+            await ended.wait()
+        except Exception:
+            log.exception("event stream failed")
+        finally:
+            for task in helpers:
+                task.cancel()
+            await self.hub.detach(conn)
+            if conn.writer is not None:
+                conn.writer.cancel()
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _error(status: int, code: ErrorCode | str, message: str) -> Response:
+    return Response(
+        ErrorBody.of(code, message).model_dump_json(),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+@router.get(
+    "/events",
+    summary="Server-sent events: the WebSocket's server frames, resumable with Last-Event-ID",
+    description=(
+        "`Accept: text/event-stream`. Token as `Authorization: Bearer` or `?token=`. Each frame "
+        "is one event: `event:` its type, `data:` its JSON; frames that move the position "
+        "(`message_created`, `room_created`, `synced`) carry `id:`, an opaque position valid on "
+        "any edge node. Reconnecting with `Last-Event-ID` (or `?lastEventId=`) replays every "
+        "message after it exactly once (from history), then `synced`. Comment heartbeats every "
+        "15 s."
+    ),
+    response_class=EventStream,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
+        401: {"model": ErrorBody, "description": "missing, invalid or expired token"},
+        429: {"model": ErrorBody, "description": "too many connections for this user"},
+        503: {"model": ErrorBody, "description": "node going away: connect to another"},
+    },
+)
+async def events(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    settings: Settings = request.app.state.settings
+    if hub.stopping:
+        return _error(503, ErrorCode.UNAVAILABLE, "node going away")
+    token = bearer_token(request.headers.get("authorization")) or request.query_params.get(
+        "token", ""
+    )
+    try:
+        claims = hub.tokens.verify(token)
+    except ChatError as exc:
+        return _error(401, exc.code, exc.message)
+    if len(hub.by_user.get(claims.user_id, ())) >= settings.max_connections_per_user:
+        return _error(429, ErrorCode.RATE_LIMITED, "too many connections for this user")
+    last = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    position = decode_position(last) if last else None
+    if last and position is None:
+        log.info("ignoring a Last-Event-ID that is not a position of ours")
+    return EventStream(hub, settings, claims, position)
