@@ -55,6 +55,7 @@ class Connection:
         self.close_code: int | None = None
         self.writer: asyncio.Task[None] | None = None
         self.expiry: asyncio.TimerHandle | None = None
+        self.closing: asyncio.Task[None] | None = None  # a server close in progress
         self.opened = time.monotonic()
 
     def view(self, room_id: str) -> RoomView:
@@ -85,7 +86,7 @@ class Connection:
             return
         self.closed = True
         self.close_code = code
-        asyncio.get_running_loop().create_task(self._do_close(code, reason))
+        self.closing = asyncio.get_running_loop().create_task(self._do_close(code, reason))
 
     async def _do_close(self, code: int, reason: str) -> None:
         if self.writer is not None and code != 4408:

@@ -94,6 +94,12 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         await hub.detach(conn)
         if conn.writer is not None and conn.close_code is None:
             conn.writer.cancel()
+        if conn.closing is not None:
+            # returning would end the socket before the close frame (4408/4429/...) is sent
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.shield(conn.closing), settings.close_timeout_seconds + 3
+                )
         with contextlib.suppress(Exception):
             if conn.close_code is None:
                 await websocket.close()
@@ -126,10 +132,31 @@ def _refuse(conn: Connection, frame: ErrorFrame, now: float) -> None:
         conn.close_soon(4429, "abusive: too many refused frames")
 
 
+async def _await_reader(conn: Connection, patience: float) -> None:
+    """Read no further frames while half the send queue holds answers the client has not read.
+
+    Frames already received are handed over without a pause, so a burst would otherwise fill
+    the queue with its own answers before the writer runs; a client that sends but does not
+    read for `patience` seconds is too slow (4408).
+    """
+    await asyncio.sleep(0)  # let the writer run between frames
+    if conn.queue.qsize() * 2 < conn.queue.maxsize:
+        return
+    deadline = time.monotonic() + patience
+    while conn.queue.qsize() * 2 >= conn.queue.maxsize and not conn.closed:
+        if time.monotonic() > deadline:
+            conn.close_soon(4408, "too slow: answers not read")
+            return
+        await asyncio.sleep(0.01)
+
+
 async def _read_loop(
     websocket: WebSocket, hub: Hub, conn: Connection, settings: Settings, user_bucket: TokenBucket
 ) -> None:
     while not conn.closed:
+        await _await_reader(conn, settings.close_timeout_seconds)
+        if conn.closed:
+            return
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return

@@ -1,0 +1,242 @@
+"""Limits: frames, content, participants, connections, rates, pages and bodies, each with a code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import redis.asyncio as aioredis
+from chat_client import WsClient
+from security_helpers import (
+    SecureMesh,
+    auth,
+    connect,
+    handshake_status,
+    http_get,
+    make_room,
+    message_frame,
+    roundtrip,
+    users,
+)
+
+from conftest import ALLOWED_ORIGIN
+from mesh.testing import Infra
+
+
+def _errors(client: WsClient, code: str) -> list[dict[str, object]]:
+    return [f for f in client.of_type("error") if f["error"]["code"] == code]  # type: ignore[index]
+
+
+async def test_frame_size_error_then_1009(secure: SecureMesh) -> None:
+    """Over 64 KiB: `frame_too_large`, connection kept; over the hard limit: close 1009."""
+    (alice,) = await users(secure.mesh, "Alice")
+    client = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    try:
+        await client.ws.send(json.dumps({"action": "sync", "rooms": {}, "pad": "x" * 70_000}))
+        await client.wait_for(lambda f: f.get("type") == "error")
+        assert _errors(client, "frame_too_large")
+        await roundtrip(client)
+        await client.ws.send("x" * 300_000)
+        await asyncio.wait_for(client.closed.wait(), 10)
+        assert client.close_code == 1009
+    finally:
+        await client.close()
+
+
+async def test_content_length_and_participants(secure: SecureMesh) -> None:
+    """4,001 characters: `invalid_content`; more than the room limit (5 here): refused."""
+    alice, *others = await users(secure.mesh, "Alice", "B", "C", "D", "E", "F")
+    client = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    try:
+        room = await make_room(client, [u["id"] for u in others[:4]])
+        assert len(room["participants"]) == 5
+        await client.send(message_frame(room["id"], alice["id"], "é" * 4001, requestId="long"))
+        err = await client.wait_for(lambda f: f.get("requestId") == "long")
+        assert err["error"]["code"] == "invalid_content"
+        await client.send(message_frame(room["id"], alice["id"], "é" * 4000, requestId="ok"))
+        ok = await client.wait_for(lambda f: f.get("requestId") == "ok")
+        assert ok["type"] == "message_created"
+        ids = [u["id"] for u in others]
+        await client.send({"action": "create_room", "participants": ids, "requestId": "big"})
+        err = await client.wait_for(lambda f: f.get("requestId") == "big")
+        assert err["error"]["code"] == "too_many_participants"
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(
+                f"{secure.rooms.url}/rooms",
+                json={"participants": ids},
+                headers=auth(alice["token"]),
+            )
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "too_many_participants"
+    finally:
+        await client.close()
+
+
+async def _count(redis: aioredis.Redis, user_id: str, want: int) -> None:
+    for _ in range(100):
+        if await redis.hlen(f"chat:conns:{user_id}") == want:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"connection map never reached {want}")
+
+
+async def test_connections_per_user_across_nodes(secure: SecureMesh, infra: Infra) -> None:
+    """3 connections (2 nodes) allowed; the 4th, on either node, is refused with 429 + JSON."""
+    (alice,) = await users(secure.mesh, "Alice")
+    redis = aioredis.from_url(infra.redis_url)
+    clients = [await connect(secure.ws_url(i, alice["token"]), alice["id"]) for i in (0, 1, 0)]
+    try:
+        await _count(redis, alice["id"], 3)
+        for edge in (0, 1):
+            status, body = await handshake_status(secure.ws_url(edge, alice["token"]))
+            assert status == 429
+            assert body is not None
+            assert body["error"]["code"] == "rate_limited"
+        await clients.pop().close()
+        await _count(redis, alice["id"], 2)
+        clients.append(await connect(secure.ws_url(1, alice["token"]), alice["id"]))
+        await roundtrip(clients[-1])
+    finally:
+        for c in clients:
+            await c.close()
+        await redis.aclose()
+
+
+async def _burst(client: WsClient, token: str, count: int, tag: str) -> None:
+    for i in range(count):
+        await client.send({"action": "refresh", "token": token, "requestId": f"{tag}{i}"})
+
+
+def _answered(client: WsClient, tag: str) -> int:
+    """Answers to a burst: its `refreshed` frames plus `rate_limited` refusals (no requestId:
+    a refused frame is not parsed)."""
+    ok = [f for f in client.frames if str(f.get("requestId", "")).startswith(tag)]
+    return len(ok) + len(_errors(client, "rate_limited"))
+
+
+async def _all_answered(client: WsClient, tag: str, count: int) -> None:
+    for _ in range(300):
+        if _answered(client, tag) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{_answered(client, tag)}/{count} answered")
+
+
+async def test_rate_per_connection_refuses_never_drops(secure: SecureMesh) -> None:
+    """Beyond the bucket (200, +100/s) frames get `rate_limited`; every frame is answered."""
+    (alice,) = await users(secure.mesh, "Alice")
+    client = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    try:
+        await _burst(client, alice["token"], 270, "r")
+        await _all_answered(client, "r", 270)
+        limited = _errors(client, "rate_limited")
+        print(f"per connection: {len(limited)} of 270 frames rate_limited")
+        assert limited
+        assert not client.closed.is_set()
+    finally:
+        await client.close()
+
+
+async def test_rate_per_user_across_connections(secure: SecureMesh) -> None:
+    """Two connections of one user share the user's bucket (300): each under its own, both
+    together over it."""
+    (alice,) = await users(secure.mesh, "Alice")
+    a1 = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    a2 = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    try:
+        await asyncio.gather(
+            _burst(a1, alice["token"], 190, "u"), _burst(a2, alice["token"], 190, "u")
+        )
+        await _all_answered(a1, "u", 190)
+        await _all_answered(a2, "u", 190)
+        limited = len(_errors(a1, "rate_limited")) + len(_errors(a2, "rate_limited"))
+        print(f"per user: {limited} of 380 frames rate_limited")
+        assert limited > 0
+    finally:
+        await a1.close()
+        await a2.close()
+
+
+async def test_abusive_client_closed_4429_others_unaffected(secure: SecureMesh) -> None:
+    """100 refused frames within 10 s close the connection with 4429; another client is fine."""
+    alice, bob = await users(secure.mesh, "Alice", "Bob")
+    bad = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    good = await connect(secure.ws_url(0, bob["token"]), bob["id"])
+    try:
+        for _ in range(150):
+            if bad.closed.is_set():
+                break
+            await bad.ws.send("{not json")
+        await asyncio.wait_for(bad.closed.wait(), 10)
+        assert bad.close_code == 4429
+        assert _errors(bad, "invalid_json")
+        await roundtrip(good)
+    finally:
+        await bad.close()
+        await good.close()
+
+
+async def test_page_sizes_and_body_size(secure: SecureMesh) -> None:
+    """`limit` outside 1..200 is 400 `invalid_limit`; bodies over 64 KiB are 413 with JSON."""
+    mesh = secure.mesh
+    (alice,) = await users(mesh, "Alice")
+    client = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    room = await make_room(client, [])
+    await client.close()
+    for url in (f"{mesh.history}/rooms/{room['id']}/messages", f"{mesh.users}/users"):
+        for limit in ("0", "201", "-1", "99999999999999999999"):
+            r = await http_get(url, alice["token"], params={"limit": limit})
+            assert r.status_code == 400, (url, limit, r.text)
+            assert r.json()["error"]["code"] in ("invalid_limit", "validation_error")
+    big = json.dumps({"name": "x" * 70_000})
+
+    async def chunks() -> object:
+        for _ in range(20):
+            yield b" " * 4096
+        yield b'{"name": "x"}'
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        for url in (f"{mesh.users}/users", f"{mesh.rooms}/rooms"):
+            r = await http.post(
+                url,
+                content=big,
+                headers={"content-type": "application/json", **auth(alice["token"])},
+            )
+            assert r.status_code == 413, r.text
+            assert r.json()["error"]["code"] == "payload_too_large"
+            streamed = await http.post(url, content=chunks(), headers=auth(alice["token"]))
+            assert streamed.status_code == 413, streamed.text
+
+
+async def test_cors_and_security_headers(secure: SecureMesh) -> None:
+    """CORS answers only configured origins; every service sends the security headers."""
+    for proc in (secure.users, secure.rooms, secure.history, *secure.edges):
+        async with httpx.AsyncClient(timeout=10) as http:
+            for origin, allowed in ((ALLOWED_ORIGIN, True), ("https://evil.example", False)):
+                r = await http.options(
+                    f"{proc.url}/healthz",
+                    headers={"origin": origin, "access-control-request-method": "GET"},
+                )
+                got = r.headers.get("access-control-allow-origin")
+                assert (got == origin) is allowed, (proc.name, origin, got)
+            r = await http.get(f"{proc.url}/healthz")
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+
+
+async def test_websocket_origin_check(secure: SecureMesh) -> None:
+    """No Origin, the node's own and configured origins open; another site's gets 403 + JSON."""
+    (alice,) = await users(secure.mesh, "Alice")
+    url = secure.ws_url(0, alice["token"])
+    own = secure.edges[0].url
+    for origin, expected in ((None, 101), (own, 101), (ALLOWED_ORIGIN, 101)):
+        extra = {"origin": origin} if origin else {}
+        status, _ = await handshake_status(url, **extra)
+        assert status == expected, origin
+    for origin in ("https://evil.example", "null", secure.edges[1].url):
+        status, body = await handshake_status(url, origin=origin)
+        assert status == 403, origin
+        assert body is not None
+        assert body["error"]["code"] == "forbidden"
