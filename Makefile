@@ -42,6 +42,7 @@ lint: install
 	@$(BIN)/mypy $(PACKAGES)
 
 test: install lint browser
+	@bash scripts/install-nginx.sh
 	@$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # Debian's chromium for the browser tests (apt-get, only when /usr/bin/chromium is missing)
@@ -50,6 +51,11 @@ browser:
 
 provision: install
 	@$(BIN)/python -m infra.provision
+
+# The AsyncAPI document is generated from the contracts package (tests/ops/test_asyncapi.py
+# fails when the committed one differs): run this after changing a bus or WS model or subject.
+asyncapi: install
+	@$(BIN)/python -m contracts.asyncapi > docs/asyncapi.json
 
 clean:
 	rm -rf $(VENV) compose/node_modules

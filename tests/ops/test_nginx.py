@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from chat_client import WsClient
+from chat_client import WsClient, now_iso
 
 from mesh import lb, servers
 from mesh.testing import Infra, ServiceLauncher, ServiceProcess
@@ -146,6 +146,16 @@ async def test_rest_flow_through_the_lb(balanced: Balanced) -> None:
         history = await http.get(f"/rooms/{room['id']}/messages", headers=auth)
         assert history.status_code == 200
         assert history.json() == []
+        # POST on the same path is the edges' HTTP variant of create_message
+        body = {"messageId": "m-lb-1", "content": "via LB", "createdAt": now_iso()}
+        sent = await http.post(f"/rooms/{room['id']}/messages", json=body, headers=auth)
+        assert sent.status_code in (201, 202), sent.text
+        for _ in range(100):
+            history = await http.get(f"/rooms/{room['id']}/messages", headers=auth)
+            if history.json():
+                break
+            await asyncio.sleep(0.05)
+        assert [(m["content"], m["seq"]) for m in history.json()] == [("via LB", 1)]
         missing = await http.get("/rooms/room_missing/messages", headers=auth)
         assert missing.status_code in (403, 404)
         assert "error" in missing.json()
