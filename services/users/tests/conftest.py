@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 from infra.auth import TokenService
 from mesh.testing import TEST_SECRET, Infra
-from users_service.app import create_app, token_service
+from users_service.app import create_app
 from users_service.settings import Settings
 
 
@@ -48,7 +48,7 @@ async def client(users_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="session")
 def tokens(users_settings: Settings) -> TokenService:
     """The same token service the app uses (same secret and issuer)."""
-    return token_service(users_settings)
+    return TokenService.from_settings(users_settings)
 
 
 @pytest.fixture

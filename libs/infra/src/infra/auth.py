@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import jwt
 
 from contracts.errors import ChatError, ErrorCode
+from infra.settings import CommonSettings
 
 ALGORITHM = "HS256"  # pinned: never read from the token header (no `none`, no confusion)
 MAX_TOKEN_LENGTH = 4096
@@ -39,6 +40,15 @@ class TokenService:
         self._issuer = issuer
         self._ttl = ttl_seconds
         self._leeway = leeway_seconds
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings) -> TokenService:
+        return cls(
+            settings.jwt_secret,
+            settings.jwt_issuer,
+            settings.token_ttl_seconds,
+            settings.token_leeway_seconds,
+        )
 
     def issue(self, user_id: str, now: float | None = None) -> tuple[str, Claims]:
         issued = int(now if now is not None else time.time())

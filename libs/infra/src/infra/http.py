@@ -242,3 +242,46 @@ def health_router(checks: Callable[[], dict[str, ReadinessCheck]]) -> APIRouter:
 
 def link_header(url: str) -> str:
     return f'<{url}>; rel="next"'
+
+
+def require_json(request: Request) -> None:
+    """Bodies are JSON: a body declared as another media type is a 400 with a clear message.
+
+    A body without Content-Type is parsed as JSON (routers use `strict_content_type=False`):
+    FastAPI's strict rule guards cookie-authenticated calls against CSRF, and these APIs
+    authenticate with bearer tokens only, which a browser never sends on its own.
+    """
+    value = request.headers.get("content-type")
+    if value is None:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise ChatError(
+            ErrorCode.VALIDATION_ERROR, "send the body as JSON (Content-Type: application/json)"
+        )
+
+
+def document_errors_as_answered(app: FastAPI) -> None:
+    """Drop FastAPI's default 422 from the OpenAPI document: invalid input is a 400 ErrorBody."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for path in doc.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas = doc.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

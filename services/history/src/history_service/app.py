@@ -93,12 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.tokens = TokenService(
-        settings.jwt_secret,
-        settings.jwt_issuer,
-        settings.token_ttl_seconds,
-        settings.token_leeway_seconds,
-    )
+    app.state.tokens = TokenService.from_settings(settings)
     install_error_handlers(app)
     install_common_middleware(app, settings.max_body_bytes, settings.cors_origin_list)
 

@@ -13,16 +13,15 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from nats.aio.client import Client as NATS
 
 from infra.auth import TokenService
-from infra.bus import connect_nats
+from infra.bus import close_nats, connect_nats
 from infra.http import (
     ReadinessCheck,
+    document_errors_as_answered,
     health_router,
     install_common_middleware,
     install_error_handlers,
@@ -64,14 +63,6 @@ async def relay_loop(deps: handlers.Deps, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def _close_nats(nc: NATS) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.drain(), timeout=5)
-    if not nc.is_closed:
-        with contextlib.suppress(Exception):
-            await nc.close()
-
-
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -88,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             client = await stack.enter_async_context(open_dynamo(settings))
             store = DynamoRoomStore(client, settings.table("rooms"))
             nc = await connect_nats(settings, f"{settings.service_name}-{os.getpid()}")
-            stack.push_async_callback(_close_nats, nc)
+            stack.push_async_callback(close_nats, nc)
             deps = handlers.Deps(
                 store=store,
                 publisher=JetStreamPublisher(nc.jetstream(), settings.publish_timeout_seconds),
@@ -141,28 +132,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(http.router)
-    _document_errors_as_answered(app)
+    document_errors_as_answered(app)
     return app
-
-
-def _document_errors_as_answered(app: FastAPI) -> None:
-    """Drop FastAPI's default 422 from the document: invalid input is a 400 with ErrorBody."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            doc = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            for path in doc.get("paths", {}).values():
-                for operation in path.values():
-                    operation.get("responses", {}).pop("422", None)
-            schemas = doc.get("components", {}).get("schemas", {})
-            for name in ("HTTPValidationError", "ValidationError"):
-                schemas.pop(name, None)
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from infra.auth import TokenService
 from infra.bus import close_nats, connect_nats
 from infra.http import (
     ReadinessCheck,
+    document_errors_as_answered,
     health_router,
     install_common_middleware,
     install_error_handlers,
@@ -34,15 +33,6 @@ Every error is `{"error": {"code", "message"}}` with a 4xx status for bad input.
 On the bus: publishes `UserCreated` on `chat.evt.user_created` (stream `CHAT_EVENTS`) and
 answers `GetUserQuery` on `chat.q.users.get` (queue group `users`).
 """
-
-
-def token_service(settings: Settings) -> TokenService:
-    return TokenService(
-        secret=settings.jwt_secret,
-        issuer=settings.jwt_issuer,
-        ttl_seconds=settings.token_ttl_seconds,
-        leeway_seconds=settings.token_leeway_seconds,
-    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -85,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.tokens = token_service(settings)
+    app.state.tokens = TokenService.from_settings(settings)
     app.state.new_id = UserIdGenerator()
 
     install_error_handlers(app)
@@ -103,28 +93,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(http.router)
-    _document_errors_as_answered(app)
+    document_errors_as_answered(app)
     return app
-
-
-def _document_errors_as_answered(app: FastAPI) -> None:
-    """Drop FastAPI's default 422 from the document: invalid input is a 400 with ErrorBody."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            doc = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            for path in doc.get("paths", {}).values():
-                for operation in path.values():
-                    operation.get("responses", {}).pop("422", None)
-            schemas = doc.get("components", {}).get("schemas", {})
-            for name in ("HTTPValidationError", "ValidationError"):
-                schemas.pop(name, None)
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

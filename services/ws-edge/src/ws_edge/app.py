@@ -26,12 +26,7 @@ from ws_edge.settings import Settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    tokens = TokenService(
-        settings.jwt_secret,
-        settings.jwt_issuer,
-        settings.token_ttl_seconds,
-        settings.token_leeway_seconds,
-    )
+    tokens = TokenService.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, status
 
 from contracts.bus import CreateRoomCommand
-from contracts.errors import ChatError, ErrorBody, ErrorCode
+from contracts.errors import ErrorBody
 from contracts.rest import CreateRoomRequest, Room
-from infra.http import ERROR_RESPONSES, CurrentUserId
+from infra.http import ERROR_RESPONSES, CurrentUserId, require_json
 from rooms_service import handlers
 
 
@@ -29,25 +29,6 @@ SEED_ROOM = {
     "participants": [{"id": "user_123", "name": "Alice"}, {"id": "user_456", "name": "Bob"}],
     "createdAt": "2024-06-16T12:36:00.000Z",
 }
-
-
-def require_json(request: Request) -> None:
-    """Bodies are JSON: a body declared as another media type is a 400 with a clear message.
-
-    A body without Content-Type is parsed as JSON (`strict_content_type=False` below): FastAPI's
-    strict rule guards cookie-authenticated calls against CSRF, and this API authenticates with
-    bearer tokens only, which a browser never sends on its own.
-    """
-    value = request.headers.get("content-type")
-    if value is None:
-        return
-    media = value.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        raise ChatError(
-            ErrorCode.VALIDATION_ERROR, "send the body as JSON (Content-Type: application/json)"
-        )
 
 
 router = APIRouter(prefix="/rooms", tags=["rooms"], strict_content_type=False)

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.security import HTTPBearer
 
-from contracts.errors import ChatError, ErrorBody, ErrorCode
+from contracts.errors import ErrorBody
 from contracts.rest import CreateUserRequest, TokenResponse, User, UserWithToken
 from infra.auth import TokenService
-from infra.http import ERROR_RESPONSES, CurrentClaims, CurrentUserId, link_header
+from infra.http import ERROR_RESPONSES, CurrentClaims, CurrentUserId, link_header, require_json
 from users_service import handlers
 from users_service.adapters.publisher import EventPublisher
 from users_service.adapters.store import UserStore
@@ -68,25 +68,6 @@ Publisher = Annotated[EventPublisher, Depends(get_publisher)]
 Tokens = Annotated[TokenService, Depends(get_tokens)]
 IdGenerator = Annotated[Callable[[], str], Depends(get_id_generator)]
 FailureHook = Annotated[Callable[[str], None] | None, Depends(get_failure_hook)]
-
-
-def require_json(request: Request) -> None:
-    """Bodies are JSON: a body declared as another media type is a 400 with a clear message.
-
-    A body without Content-Type is parsed as JSON (`strict_content_type=False` below): that
-    FastAPI rule guards cookie-authenticated calls against CSRF, and here the only body is the
-    unauthenticated POST /users (bearer tokens are never sent by a browser on its own).
-    """
-    value = request.headers.get("content-type")
-    if value is None:
-        return
-    media = value.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        raise ChatError(
-            ErrorCode.VALIDATION_ERROR, "send the body as JSON (Content-Type: application/json)"
-        )
 
 
 router = APIRouter(tags=["users"], strict_content_type=False)
