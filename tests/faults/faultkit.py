@@ -262,6 +262,7 @@ class ChatUser:
         self.ready_times: list[float] = []
         self.close_codes: list[int | None] = []
         self.connected_edges: list[int] = []
+        self._named: set[str] = set()  # rooms named in the last sync sent
         self._stop = False
         self._task: asyncio.Task[None] | None = None
         self._retrier: asyncio.Task[None] | None = None
@@ -324,6 +325,7 @@ class ChatUser:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def _send_sync(self) -> None:
+        self._named = set(self.contiguous)
         await self.ws.send(json.dumps({"action": "sync", "rooms": dict(self.contiguous)}))
 
     async def _on_frame(self, frame: dict[str, Any]) -> None:
@@ -331,7 +333,7 @@ class ChatUser:
         if kind == "message_created":
             self._take(frame["message"], frame.get("requestId"))
         elif kind == "synced":
-            unnamed = [r for r in frame.get("rooms", {}) if r not in self.contiguous]
+            unnamed = [r for r in frame.get("rooms", {}) if r not in self._named]
             for room_id in frame.get("rooms", {}):
                 self.held.setdefault(room_id, {})
                 self.contiguous.setdefault(room_id, 0)
@@ -354,8 +356,8 @@ class ChatUser:
             code = frame.get("error", {}).get("code", "?")
             self.errors[code] += 1
             mid = frame.get("messageId")
-            if mid in self.outgoing:
-                self.outgoing[mid].last_sent = 0.0  # retried by the retry loop
+            if mid in self.outgoing:  # retried by the retry loop in about a second
+                self.outgoing[mid].last_sent = time.monotonic() - RETRY_AFTER + 1.0
             if frame.get("requestId"):
                 self.room_answers[frame["requestId"]] = frame
 

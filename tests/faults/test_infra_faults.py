@@ -1,0 +1,207 @@
+"""The servers failing under traffic: a NATS cluster node, Redis, the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+
+import pytest
+from faultkit import (
+    FaultMesh,
+    at,
+    bounded,
+    connect_users,
+    prepare,
+    settle_and_count,
+    shared_room,
+    stream,
+)
+
+from contracts import subjects
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
+
+COUNT = 150
+INTERVAL = 0.03
+
+
+async def test_kill_nats_node_of_cluster(fault_mesh: list[FaultMesh]) -> None:
+    """kill -9 the CHAT_COMMANDS leader of a 3-node NATS cluster (R3 streams) under traffic."""
+    mesh = await FaultMesh(cluster=True).up()
+    fault_mesh.append(mesh)
+    alice, carol, bob, dave = await connect_users(
+        mesh, [("alice", 0), ("carol", 0), ("bob", 1), ("dave", 1)]
+    )
+    clients = [alice, carol, bob, dave]
+    try:
+        room = await shared_room(alice, [carol, bob, dave])
+        leader = await mesh.stream_leader(subjects.COMMANDS_STREAM)
+        index = int(leader.removeprefix("n")) - 1
+        fault_at: list[float] = []
+
+        async def fault() -> None:
+            fault_at.append(time.monotonic())
+            await asyncio.to_thread(mesh.nats_nodes[index].kill)
+            await asyncio.sleep(3.0)  # what the runner does: start it again after a while
+            await asyncio.to_thread(mesh.restart_nats_node, index)
+
+        senders = [
+            asyncio.create_task(stream(alice, room, COUNT, INTERVAL)),
+            asyncio.create_task(stream(bob, room, COUNT, INTERVAL)),
+        ]
+        await at(1.5, fault)
+        await asyncio.gather(*senders)
+        figures = await settle_and_count(
+            mesh,
+            f"NATS node kill -9 (stream leader {leader} of 3)",
+            room,
+            [alice, bob],
+            [alice, carol, bob, dave],
+            fault_at[0],
+        )
+        figures.report()
+        assert figures.lost == 0, figures.line()
+        assert figures.duplicated == 0, figures.line()
+        assert figures.acknowledged == figures.sent == 2 * COUNT
+    except BaseException:
+        print(mesh.log_tails())
+        raise
+    finally:
+        await asyncio.gather(*(c.stop() for c in clients))
+
+
+@pytest.mark.parametrize("keep_data", [True, False], ids=["aof-kept", "data-lost"])
+async def test_restart_redis_under_traffic(fault_mesh: list[FaultMesh], keep_data: bool) -> None:
+    """kill -9 Redis and start it again (with its append-only file, or empty): messages flow
+    on, room_created routing resumes within 5 s, a client that reconnects has everything."""
+    mesh = await FaultMesh().up()
+    fault_mesh.append(mesh)
+    alice, carol, bob, dave = await connect_users(
+        mesh, [("alice", 0), ("carol", 0), ("bob", 1), ("dave", 1)]
+    )
+    frank = await prepare(mesh, "frank", 1)  # connects while Redis is down
+    clients = [alice, carol, bob, dave, frank]
+    try:
+        room = await shared_room(alice, [carol, bob, dave], also=[frank])
+        redis = mesh.redis()
+        fault_at: list[float] = []
+        back_at: list[float] = []
+
+        async def fault() -> None:
+            fault_at.append(time.monotonic())
+            await asyncio.to_thread(redis.kill)
+            if not keep_data:
+                shutil.rmtree(mesh.workdir / "redis", ignore_errors=True)
+            frank.start()  # a new connection while Redis is down
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(mesh.start_server_again, "redis")
+            back_at.append(time.monotonic())
+
+        senders = [
+            asyncio.create_task(stream(alice, room, COUNT, INTERVAL)),
+            asyncio.create_task(stream(bob, room, COUNT, INTERVAL)),
+        ]
+        await at(1.5, fault)
+        await asyncio.wait_for(frank.ready.wait(), 20)
+        # room_created routing (the only path that reads the connection map) once Redis is back:
+        # probe rooms of alice (node a) with dave and frank (node b) until one reaches both
+        probes: list[str] = []
+        resumed: float | None = None
+        for _ in range(40):
+            made = time.monotonic()
+            probe = await alice.create_room([dave.user_id, frank.user_id], limit=5)
+            if probe is not None:
+                probes.append(probe)
+                try:
+                    await bounded(
+                        "probe room at dave and frank",
+                        lambda p=probe: p in dave.rooms_announced and p in frank.rooms_announced,
+                        1.5,
+                    )
+                    resumed = made
+                    break
+                except AssertionError:
+                    pass
+            await asyncio.sleep(0.25)
+        await asyncio.gather(*senders)
+        # a recovered client: drops its socket, reconnects, syncs
+        await carol.drop_connection()
+        await bounded("carol back", lambda: carol.connection >= 2 and carol.ready.is_set(), 20)
+        name = "Redis kill -9 + restart" + (" (append-only file kept)" if keep_data else " (empty)")
+        figures = await settle_and_count(
+            mesh, name, room, [alice, bob], [alice, carol, bob, dave, frank], fault_at[0]
+        )
+        # every probe room reaches dave and frank, once
+        with contextlib.suppress(AssertionError):
+            await bounded(
+                "every probe room at dave and frank",
+                lambda: all(
+                    p in dave.rooms_announced and p in frank.rooms_announced for p in probes
+                ),
+                20,
+            )
+        for c in (dave, frank):
+            for p in probes:
+                figures.duplicated += max(0, c.rooms_announced[p] - 1)
+                figures.lost += int(c.rooms_announced[p] == 0)
+        delay = max(0.0, resumed - back_at[0]) if resumed is not None else float("inf")
+        figures.recover_seconds = delay
+        figures.notes.append(
+            f"room_created routing resumed {delay:.1f}s after Redis was back "
+            f"({len(probes)} probe rooms)"
+        )
+        figures.report()
+        assert figures.lost == 0, figures.line()
+        assert figures.duplicated == 0, figures.line()
+        assert delay <= 5.0, figures.line()
+    except BaseException:
+        print(mesh.log_tails())
+        raise
+    finally:
+        await asyncio.gather(*(c.stop() for c in clients))
+
+
+async def test_stop_and_restart_store_under_traffic(fault_mesh: list[FaultMesh]) -> None:
+    """Stop dynalite for 3 s under traffic: commands wait in JetStream, applied once when back."""
+    mesh = await FaultMesh().up()
+    fault_mesh.append(mesh)
+    alice, carol, bob, dave = await connect_users(
+        mesh, [("alice", 0), ("carol", 0), ("bob", 1), ("dave", 1)]
+    )
+    clients = [alice, carol, bob, dave]
+    try:
+        room = await shared_room(alice, [carol, bob, dave])
+        store = mesh.dynamo()
+        fault_at: list[float] = []
+
+        async def fault() -> None:
+            fault_at.append(time.monotonic())
+            await asyncio.to_thread(store.stop)
+            await asyncio.sleep(3.0)
+            await asyncio.to_thread(mesh.start_server_again, "dynamo")
+
+        senders = [
+            asyncio.create_task(stream(alice, room, COUNT, INTERVAL)),
+            asyncio.create_task(stream(bob, room, COUNT, INTERVAL)),
+        ]
+        await at(1.5, fault)
+        await asyncio.gather(*senders)
+        figures = await settle_and_count(
+            mesh,
+            "store stop 3s + restart",
+            room,
+            [alice, bob],
+            [alice, carol, bob, dave],
+            fault_at[0],
+        )
+        figures.report()
+        assert figures.lost == 0, figures.line()
+        assert figures.duplicated == 0, figures.line()
+        assert figures.acknowledged == figures.sent == 2 * COUNT
+    except BaseException:
+        print(mesh.log_tails())
+        raise
+    finally:
+        await asyncio.gather(*(c.stop() for c in clients))
