@@ -127,6 +127,7 @@ def _error(status: int, code: ErrorCode | str, message: str) -> Response:
         "15 s."
     ),
     response_class=EventStream,
+    status_code=200,  # EventStream has no default status: OpenAPI generation needs one
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
         401: {"model": ErrorBody, "description": "missing, invalid or expired token"},
