@@ -9,9 +9,31 @@ import logging
 import nats
 from nats.aio.client import Client as NATS
 
+from infra.logs import correlation_id
 from infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+
+CORRELATION_HEADER = "X-Correlation-Id"
+
+
+def stamp(payload: object) -> dict[str, str]:
+    """Carry the current correlation id on a bus payload: fills its `correlationId` (every
+    contracts.bus model has one) when empty, and returns the NATS headers carrying it too."""
+    cid = getattr(payload, "correlationId", None) or correlation_id.get()
+    if cid is None:
+        return {}
+    if hasattr(payload, "correlationId") and payload.correlationId is None:
+        payload.correlationId = cid
+    return {CORRELATION_HEADER: cid}
+
+
+def adopt(payload: object, headers: dict[str, str] | None = None) -> str | None:
+    """Make a received payload's correlation id (or its header's) the current one."""
+    cid = getattr(payload, "correlationId", None) or (headers or {}).get(CORRELATION_HEADER)
+    if cid:
+        correlation_id.set(str(cid)[:64])
+    return cid
 
 
 async def connect_nats(settings: CommonSettings, name: str) -> NATS:

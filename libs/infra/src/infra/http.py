@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import ChatError, ErrorBody, ErrorCode, code_for_location
 from infra.auth import Claims, TokenService, bearer_token
+from infra.metrics import count_error, install_metrics
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def error_response(status: int, code: ErrorCode | str, message: str) -> JSONResponse:
+    count_error(str(code))
     return JSONResponse(ErrorBody.of(code, message).model_dump(), status_code=status)
 
 
@@ -182,6 +184,8 @@ def install_common_middleware(app: FastAPI, max_body_bytes: int, cors_origins: l
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
+    # outermost: `/metrics`, request counts and latency, the request's correlation id
+    install_metrics(app)
 
 
 # --- authentication -------------------------------------------------------------------------------

@@ -5,8 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import sys
 import time
+from contextvars import ContextVar
+
+# The correlation id of whatever this task is handling: an HTTP request's X-Request-Id, a WS
+# frame's requestId (or a generated id), a bus payload's `correlationId`. Every log line made
+# meanwhile carries it, and every bus payload published meanwhile (see infra.bus.stamp).
+correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+
+
+def new_correlation_id() -> str:
+    return secrets.token_hex(8)
+
 
 # Secrets that must never reach a log line: `token=` query values (WS and SSE URLs), bearer
 # headers and anything shaped like a JWT (three base64url parts, the first one `eyJ`).
@@ -42,6 +54,10 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, key, None)
             if value is not None:
                 entry[key] = value
+        if "correlation_id" not in entry:
+            current = correlation_id.get()
+            if current is not None:
+                entry["correlation_id"] = current
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)

@@ -11,6 +11,7 @@ from infra.auth import TokenService
 from infra.bus import close_nats, connect_nats
 from infra.cache import redis_client
 from infra.http import health_router, install_common_middleware, install_error_handlers
+from infra.metrics import WS_CONNECTIONS, WS_QUEUE_FRAMES, WS_QUEUE_MAX
 from ws_edge.adapters.bus import EdgeBus
 from ws_edge.adapters.connmap import RedisConnectionMap
 from ws_edge.domain.limits import UserBuckets
@@ -22,6 +23,13 @@ from ws_edge.http_send import HttpSender
 from ws_edge.hub import Hub
 from ws_edge.presence import Presence
 from ws_edge.settings import Settings
+
+
+def watch_hub(hub: Hub) -> None:
+    """The node's gauges are read from the hub at scrape time (nothing to keep in step)."""
+    WS_CONNECTIONS.set_function(lambda: len(hub.conns))
+    WS_QUEUE_FRAMES.set_function(lambda: sum(c.queue.qsize() for c in hub.conns.values()))
+    WS_QUEUE_MAX.set_function(lambda: max((c.queue.qsize() for c in hub.conns.values()), default=0))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tokens,
         )
         app.state.hub = hub
+        watch_hub(hub)
         app.state.nc = nc
         app.state.redis = redis
         hub.presence = Presence(hub, redis, settings.presence_grace_seconds)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from infra.auth import Claims
+from infra.metrics import count_frame_out
 from ws_edge.domain.delivery import SentSet
 from ws_edge.domain.limits import AbuseMeter, TokenBucket
 
@@ -73,6 +74,7 @@ class Connection:
             return False
         try:
             self.queue.put_nowait(text)
+            count_frame_out(text)
             return True
         except asyncio.QueueFull:
             log.warning(

@@ -50,6 +50,9 @@ from contracts.ws import (
     SyncedFrame,
 )
 from infra.auth import TokenService
+from infra.bus import adopt
+from infra.logs import correlation_id, new_correlation_id
+from infra.metrics import COMMAND_LATENCY, WS_FRAMES_IN
 from ws_edge.adapters.bus import EdgeBus
 from ws_edge.adapters.connmap import RedisConnectionMap
 from ws_edge.connection import Connection
@@ -140,7 +143,7 @@ class Hub:
                     await feed.subscription.unsubscribe()
 
     async def _heartbeat_loop(self) -> None:
-        interval = max(1.0, self.settings.node_ttl_seconds / 3)
+        interval = self.connmap.interval
         while not self.stopping:
             await asyncio.sleep(interval)
             try:
@@ -257,9 +260,16 @@ class Hub:
         except ValidationError:
             log.warning("undecodable MessageCreated on %s", msg.subject)
             return
+        adopt(event, msg.headers)
         feed = self.feeds.get(event.message.roomId)
         if feed is None:
             return
+        log.debug(
+            "push message_created seq %d to %d local connections",
+            event.message.seq,
+            len(feed.members),
+            extra={"room_id": event.message.roomId},
+        )
         delivered = feed.order.delivered
         if event.origin is not None and (delivered is None or event.message.seq > delivered):
             feed.origins[event.message.seq] = event.origin
@@ -443,6 +453,11 @@ class Hub:
     # --- actions ------------------------------------------------------------------------------
 
     async def handle(self, conn: Connection, action: ClientAction) -> None:
+        # the frame's requestId (or a new id) follows the action through the bus to the store
+        # write and the pushes, in every log line (infra.logs) and bus payload (infra.bus.stamp)
+        correlation_id.set(action.requestId or new_correlation_id())
+        WS_FRAMES_IN.labels(action.action).inc()
+        started = time.perf_counter()
         try:
             if isinstance(action, CreateMessageAction):
                 await self._create_message(conn, action)
@@ -475,6 +490,8 @@ class Hub:
                     )
                 )
             )
+        finally:
+            COMMAND_LATENCY.labels(action.action).observe(time.perf_counter() - started)
 
     def _origin(self, conn: Connection, request_id: str | None) -> Origin:
         return Origin(node=self.node, conn=conn.id, requestId=request_id)
@@ -510,6 +527,7 @@ class Hub:
             await self._join(conn, action.roomId, new_room=False)
         accepted = await self._sequencer(conn).submit(
             CreateMessageCommand(
+                correlationId=correlation_id.get(),
                 userId=conn.user_id,
                 roomId=action.roomId,
                 messageId=action.messageId,
@@ -559,6 +577,7 @@ class Hub:
     async def _create_room(self, conn: Connection, action: CreateRoomAction) -> None:
         reply = await self.bus.create_room(
             CreateRoomCommand(
+                correlationId=correlation_id.get(),
                 userId=conn.user_id,
                 participants=action.participants,
                 origin=self._origin(conn, action.requestId),

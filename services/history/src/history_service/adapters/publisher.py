@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from nats.aio.client import Client as NATS
 
 from contracts import subjects
 from contracts.bus import CommandRejected, MessageCreated
+from infra.bus import stamp
+
+log = logging.getLogger(__name__)
 
 
 class EventPublisher(Protocol):
@@ -29,15 +33,19 @@ class NatsPublisher:
         self._flush_timeout = flush_timeout
 
     async def message_created(self, event: MessageCreated, also_to_node: bool) -> None:
+        headers = stamp(event) or None  # the command's correlation id goes on to the pushes
         payload = event.model_dump_json().encode()
-        await self._nc.publish(subjects.message_created(event.message.roomId), payload)
+        subject = subjects.message_created(event.message.roomId)
+        await self._nc.publish(subject, payload, headers=headers)
+        log.debug("published MessageCreated seq %d", event.message.seq)
         if also_to_node and event.origin is not None and event.origin.node:
-            await self._nc.publish(subjects.node(event.origin.node), payload)
+            await self._nc.publish(subjects.node(event.origin.node), payload, headers=headers)
 
     async def rejected(self, event: CommandRejected) -> None:
         if event.origin.node:
+            headers = stamp(event) or None
             await self._nc.publish(
-                subjects.node(event.origin.node), event.model_dump_json().encode()
+                subjects.node(event.origin.node), event.model_dump_json().encode(), headers=headers
             )
 
     async def flush(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ from history_service.handlers import (
     apply_room_created,
     history_range,
 )
+from infra.bus import adopt
+from infra.metrics import COMMAND_LATENCY, ConsumerLagPoller
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,8 @@ class PullLoop:
         self._process = process
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # the consumer's lag (num_pending) and unacked count, as Prometheus gauges
+        self._lag = ConsumerLagPoller(js.consumer_info, [(stream, durable)])
 
     async def start(self) -> None:
         await ensure_consumer(
@@ -94,10 +99,12 @@ class PullLoop:
         )
         sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
         self._task = asyncio.create_task(self._run(sub), name=f"pull:{self._durable}")
+        self._lag.start()
 
     async def stop(self) -> None:
         """Finish the batch in hand, then stop fetching."""
         self._stopping = True
+        await self._lag.stop()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
@@ -178,8 +185,12 @@ class CreateMessageConsumer:
             if blocked:
                 await _nak(msg, self.options.nak_delay)
                 continue
+            adopt(command, msg.headers)
+            started = time.perf_counter()
             try:
                 await self.handler.handle(command)
+                COMMAND_LATENCY.labels("create_message").observe(time.perf_counter() - started)
+                log.debug("create_message stored", extra={"room_id": command.roomId})
                 handled.append(msg)
             except Unavailable as exc:
                 log.warning("create_message postponed: %s", exc, extra={"room_id": command.roomId})

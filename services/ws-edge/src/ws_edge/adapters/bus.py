@@ -23,6 +23,7 @@ from contracts.bus import (
     UserRoomsQuery,
     UserRoomsReply,
 )
+from infra.bus import stamp
 
 R = TypeVar("R", bound=BaseModel)
 Handler = Callable[[Msg], Awaitable[None]]
@@ -37,7 +38,10 @@ class EdgeBus:
         self.timeout = timeout
 
     async def _request(self, subject: str, query: BaseModel, reply: type[R]) -> R:
-        msg = await self.nc.request(subject, query.model_dump_json().encode(), timeout=self.timeout)
+        headers = stamp(query)  # the correlation id rides in the payload and the headers
+        msg = await self.nc.request(
+            subject, query.model_dump_json().encode(), timeout=self.timeout, headers=headers or None
+        )
         return reply.model_validate_json(msg.data)
 
     async def create_room(self, command: CreateRoomCommand) -> CreateRoomReply:
@@ -57,10 +61,12 @@ class EdgeBus:
 
     async def send_message(self, command: CreateMessageCommand) -> None:
         """Durably hand the command to history (JetStream ack = stored in the stream)."""
+        headers = stamp(command)
         await self.js.publish(
             subjects.create_message(command.roomId),
             command.model_dump_json().encode(),
             timeout=self.timeout,
+            headers=headers or None,
         )
 
     async def subscribe(self, subject: str, handler: Handler) -> Subscription:
