@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,32 +35,73 @@ TEST_ENV_REDIS = "CHAT_TEST_REDIS_URL"
 TEST_ENV_DYNAMO = "CHAT_TEST_DYNAMO_URL"
 
 
-def docker_reachable() -> bool:
-    """True when a Docker engine answers (then testcontainers is used)."""
-    host = os.environ.get("DOCKER_HOST", "")
-    if host.startswith("tcp://"):
-        hostport = host.removeprefix("tcp://").split("/")[0]
-        name, _, port = hostport.partition(":")
-        try:
-            with socket.create_connection((name, int(port or 2375)), timeout=1):
-                return True
-        except OSError:
-            return False
-    path = host.removeprefix("unix://") if host.startswith("unix://") else "/var/run/docker.sock"
-    if not os.path.exists(path):
-        return False
+TEST_ENV_BACKEND = "CHAT_TEST_BACKEND"  # force one: env, testcontainers or local
+BACKENDS = ("env", "testcontainers", "local")
+
+# Images of the testcontainers backend (pinned tags; the same servers `make run` embeds, except
+# DynamoDB Local for the store: it starts in seconds, where ScyllaDB Alternator takes a minute).
+NATS_IMAGE = "nats:2.11-alpine"
+REDIS_IMAGE = "redis:7.2-alpine"
+DYNAMO_IMAGE = "amazon/dynamodb-local:2.5.2"
+
+
+def docker_endpoints(env: Mapping[str, str], home: Path) -> list[str]:
+    """Where a Docker engine may listen: DOCKER_HOST alone when set, else the usual sockets
+    (system, rootless, Docker Desktop, colima)."""
+    host = env.get("DOCKER_HOST", "").strip()
+    if host:
+        return [host]
+    candidates = ["unix:///var/run/docker.sock"]
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        candidates.append(f"unix://{runtime}/docker.sock")
+    candidates.append(f"unix://{home}/.docker/run/docker.sock")
+    candidates.append(f"unix://{home}/.colima/default/docker.sock")
+    return candidates
+
+
+def _ping(endpoint: str, timeout: float = 1.0) -> bool:
+    """True when a Docker engine answers `GET /_ping` with OK at this endpoint."""
+    request = b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n"
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(1)
-            s.connect(path)
-            s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
-            return b"OK" in s.recv(256)
-    except OSError:
+        if endpoint.startswith("tcp://"):
+            hostport = endpoint.removeprefix("tcp://").split("/")[0]
+            name, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+            with socket.create_connection((name, int(port or 2375)), timeout=timeout) as s:
+                s.sendall(request)
+                return b"OK" in s.recv(1024)
+        if endpoint.startswith("unix://"):
+            path = endpoint.removeprefix("unix://")
+            if not os.path.exists(path):
+                return False
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(path)
+                s.sendall(request)
+                return b"OK" in s.recv(1024)
+    except (OSError, ValueError):
         return False
+    return False
 
 
-def choose_backend(env: dict[str, str], docker: bool) -> str:
-    """Which source of servers the fixtures use: 'env', 'testcontainers' or 'local'."""
+def docker_reachable(env: Mapping[str, str] | None = None, home: Path | None = None) -> bool:
+    """True when a Docker engine answers (then testcontainers is used)."""
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else home
+    return any(_ping(endpoint) for endpoint in docker_endpoints(env, home))
+
+
+def choose_backend(env: Mapping[str, str], docker: bool) -> str:
+    """Which source of servers the fixtures use: 'env', 'testcontainers' or 'local'.
+
+    `CHAT_TEST_BACKEND` forces one (e.g. `local` on a laptop with Docker); otherwise the three
+    CHAT_TEST_*_URL variables win, then a reachable Docker engine, then local processes.
+    """
+    forced = env.get(TEST_ENV_BACKEND, "").strip().lower()
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"{TEST_ENV_BACKEND}={forced!r}: use one of {', '.join(BACKENDS)}")
+        return forced
     if all(env.get(k) for k in (TEST_ENV_NATS, TEST_ENV_REDIS, TEST_ENV_DYNAMO)):
         return "env"
     if docker:
@@ -116,21 +157,27 @@ TEST_SECRET = "test-secret-" + "x" * 40
 
 
 def _start_testcontainers(stack: contextlib.ExitStack) -> tuple[str, str, str]:
+    """NATS (JetStream), Redis and DynamoDB Local in containers; removed when `stack` closes
+    (and by testcontainers' reaper if this process dies). Returns their URLs."""
+    from testcontainers.community.nats import NatsContainer
+    from testcontainers.community.redis import RedisContainer
     from testcontainers.core.container import DockerContainer
-    from testcontainers.core.waiting_utils import wait_for_logs
-    from testcontainers.redis import RedisContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-    nats = DockerContainer("nats:2.11").with_command("-js").with_exposed_ports(4222)
+    nats = NatsContainer(NATS_IMAGE, jetstream=True)  # waits for "Server is ready"
     stack.enter_context(nats)
-    wait_for_logs(nats, "Server is ready", timeout=60)
-    redis = RedisContainer("redis:6.2")
+    redis = RedisContainer(REDIS_IMAGE)  # waits until it answers PING
     stack.enter_context(redis)
-    dyn = DockerContainer("amazon/dynamodb-local:2.5.2").with_exposed_ports(8000)
-    stack.enter_context(dyn)
-    wait_for_logs(dyn, "CorsParams", timeout=60)
-    nats_url = f"nats://{nats.get_container_host_ip()}:{nats.get_exposed_port(4222)}"
+    store = (
+        DockerContainer(DYNAMO_IMAGE)
+        .with_command("-jar DynamoDBLocal.jar -inMemory -sharedDb")
+        .with_exposed_ports(8000)
+        .waiting_for(LogMessageWaitStrategy("CorsParams").with_startup_timeout(60))
+    )
+    stack.enter_context(store)
+    nats_url: str = nats.nats_uri()
     redis_url = f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0"
-    dyn_url = f"http://{dyn.get_container_host_ip()}:{dyn.get_exposed_port(8000)}"
+    dyn_url = f"http://{store.get_container_host_ip()}:{store.get_exposed_port(8000)}"
     return nats_url, redis_url, dyn_url
 
 
