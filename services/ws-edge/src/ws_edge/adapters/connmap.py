@@ -6,6 +6,12 @@ Keys (Redis 6.2 commands only):
   node's entries stop counting once it expires (and are removed lazily)
 - `chat:node:<nodeId>:epoch`  the node's registration epoch: when it is missing (Redis lost
   its data), the node re-registers every local connection
+- `chat:map:warming`  set (with a TTL of two heartbeat intervals and a half) by the first node that sees
+  Redis restarted (its `run_id` changed): until every node's next heartbeat has re-registered
+  its connections the map may be incomplete, so routing waits (the RoomCreated is redelivered)
+
+A restart is noticed by the `run_id` (every restart, with or without its data), a lost map also
+by the missing epoch; either way the node re-registers all its local connections.
 """
 
 from __future__ import annotations
@@ -31,6 +37,13 @@ def _epoch_key(node: str) -> str:
     return f"chat:node:{node}:epoch"
 
 
+WARMING_KEY = "chat:map:warming"
+
+
+class MapNotReady(RuntimeError):
+    """The map may be incomplete (Redis restarted, not every node re-registered yet)."""
+
+
 class ConnectionMap(Protocol):
     async def register(self, user_id: str, conn_id: str) -> None: ...
     async def unregister(self, user_id: str, conn_id: str) -> None: ...
@@ -47,6 +60,9 @@ class RedisConnectionMap:
         self.node = node
         self.ttl = ttl_seconds
         self.epoch = secrets.token_hex(8)
+        # heartbeat often: a Redis restart is noticed and repaired within about a second
+        self.interval = min(1.0, ttl_seconds / 3)
+        self.run_id: str | None = None
 
     async def register(self, user_id: str, conn_id: str) -> None:
         await self.redis.hset(_conns_key(user_id), conn_id, self.node)
@@ -64,8 +80,16 @@ class RedisConnectionMap:
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(_alive_key(self.node), "1", ex=self.ttl)
         pipe.get(_epoch_key(self.node))
-        _, epoch = await pipe.execute()
-        if epoch != self.epoch:
+        pipe.info("server")
+        _, epoch, info = await pipe.execute()
+        run_id = str(info.get("run_id", "")) if isinstance(info, dict) else ""
+        restarted = self.run_id is not None and run_id != self.run_id
+        self.run_id = run_id
+        if restarted:
+            log.warning("redis restarted: re-registering local connections")
+            warm_ms = int((2 * self.interval + 0.5) * 1000)
+            await self.redis.set(WARMING_KEY, "1", px=warm_ms, nx=True)
+        if epoch != self.epoch or restarted:
             if local:
                 pipe = self.redis.pipeline(transaction=False)
                 for conn_id, user_id in local.items():
@@ -82,11 +106,18 @@ class RedisConnectionMap:
         return {n for n, flag in zip(ordered, flags, strict=True) if flag}
 
     async def nodes_of(self, user_ids: list[str]) -> dict[str, list[str]]:
-        """Live node -> the given users with a connection there (one pipelined round trip)."""
+        """Live node -> the given users with a connection there (one pipelined round trip).
+
+        MapNotReady while the map may be incomplete after a Redis restart (this node's epoch
+        is not registered, or another node saw the restart and has not re-registered yet)."""
         pipe = self.redis.pipeline(transaction=False)
+        pipe.get(_epoch_key(self.node))
+        pipe.exists(WARMING_KEY)
         for user_id in user_ids:
             pipe.hgetall(_conns_key(user_id))
-        results: list[dict[str, str]] = await pipe.execute()
+        epoch, warming, *results = await pipe.execute()
+        if epoch != self.epoch or warming:
+            raise MapNotReady("connection map is being rebuilt after a Redis restart")
         by_node: dict[str, set[str]] = {}
         for user_id, entries in zip(user_ids, results, strict=True):
             for node in entries.values():
