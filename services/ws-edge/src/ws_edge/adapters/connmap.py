@@ -6,7 +6,7 @@ Keys (Redis 6.2 commands only):
   node's entries stop counting once it expires (and are removed lazily)
 - `chat:node:<nodeId>:epoch`  the node's registration epoch: when it is missing (Redis lost
   its data), the node re-registers every local connection
-- `chat:map:warming`  set (with a TTL of two heartbeat intervals and a half) by the first node that sees
+- `chat:map:warming`  set (TTL: two and a half heartbeat intervals) by the first node that sees
   Redis restarted (its `run_id` changed): until every node's next heartbeat has re-registered
   its connections the map may be incomplete, so routing waits (the RoomCreated is redelivered)
 
