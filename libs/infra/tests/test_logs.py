@@ -22,6 +22,12 @@ def test_redact_query_bearer_and_jwt() -> None:
     assert "token=[redacted]&x=1" in out
     assert "Bearer [redacted]" in out
     assert redact("nothing secret here") == "nothing secret here"
+    assert (
+        redact('{"action": "refresh", "token": "abc"}')
+        == '{"action": "refresh", "token": "[redacted]"}'
+    )
+    assert redact('url="/events?token=abc"') == 'url="/events?token=[redacted]"'
+    assert redact('token=\\"abc\\"') == 'token=\\"[redacted]\\"'
 
 
 def test_formatter_redacts_message_args_and_exceptions() -> None:

@@ -20,10 +20,10 @@ def new_correlation_id() -> str:
     return secrets.token_hex(8)
 
 
-# Secrets that must never reach a log line: `token=` query values (WS and SSE URLs), bearer
-# headers and anything shaped like a JWT (three base64url parts, the first one `eyJ`).
+# Secrets that must never reach a log line: `token=` query values (WS and SSE URLs), `"token":`
+# fields, bearer headers and anything shaped like a JWT (three base64url parts, `eyJ` first).
 _SECRET_PATTERNS = (
-    (re.compile(r"(?i)(token=)[^&\s\"']+"), r"\1[redacted]"),
+    (re.compile(r"(?i)(token\\?[\"']?\s*[=:]\s*\\?[\"']?)[^&\s\"'\\,}]+"), r"\1[redacted]"),
     (re.compile(r"(?i)(bearer\s+)[^\s\"',]+"), r"\1[redacted]"),
     (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
 )
