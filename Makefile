@@ -11,7 +11,7 @@ PACKAGES := contracts/src libs/infra/src services/users/src services/rooms/src s
 # pip on some machines warns about unreachable local find-links folders: keep real errors only
 PIPFILTER := { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: run test browser lint typecheck unit integration faults install lock clean provision asyncapi
+.PHONY: run test browser lint typecheck unit integration faults install lock clean provision asyncapi bench bench-deps
 
 # Check ports first so a running mesh is never disturbed by a second `make run` (no build step
 # touches anything before the check passes).
@@ -41,9 +41,23 @@ lint: install
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy $(PACKAGES)
 
-test: install lint browser
+test: install lint browser bench-deps
 	@bash scripts/install-nginx.sh
 	@$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# `make bench` (docs/performance.md): this mesh, python-socketio and Node socket.io under the same
+# load, results in bench/results/. Options: STACKS=mesh,pysio,node
+# SCENARIOS=idle,latency,fanout,history,ingest RUNS=3 QUICK=1 PROFILE=1 LOADGENS=1 BENCH_ARGS=...
+BENCH_NODE := bench/peers/node/node_modules/.installed bench/loadgen/node_modules/.installed
+
+bench: install bench-deps
+	@$(BIN)/python bench/run.py $(if $(STACKS),--stacks $(STACKS)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(RUNS),--runs $(RUNS)) $(if $(QUICK),--quick) $(if $(PROFILE),--profile) $(if $(LOADGENS),--loadgens $(LOADGENS)) $(BENCH_ARGS)
+
+bench-deps: $(BENCH_NODE)
+
+bench/%/node_modules/.installed: bench/%/package.json bench/%/package-lock.json
+	@cd bench/$* && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # Debian's chromium for the browser tests (apt-get, only when /usr/bin/chromium is missing)
 browser:
@@ -58,4 +72,4 @@ asyncapi: install
 	@$(BIN)/python -m contracts.asyncapi > docs/asyncapi.json
 
 clean:
-	rm -rf $(VENV) compose/node_modules
+	rm -rf $(VENV) compose/node_modules bench/peers/node/node_modules bench/loadgen/node_modules

@@ -1,0 +1,371 @@
+"""Medians over runs, the markdown table and the plots of `make bench`."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+Record = dict[str, Any]
+BENCH = Path(__file__).resolve().parent
+STACK_ORDER = ["chat-mesh", "python-socketio", "node-socketio"]
+
+
+def _cmd_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def _lock_version(folder: Path, package: str) -> str:
+    try:
+        lock = json.loads((folder / "package-lock.json").read_text())
+        return str(lock["packages"][f"node_modules/{package}"]["version"])
+    except (OSError, KeyError, ValueError):
+        return "?"
+
+
+def machine(quick: bool, runs: int, started: float, config: dict[str, Any]) -> dict[str, Any]:
+    cpu_model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    bindir = Path(sys.executable).parent
+    versions = {
+        "python": platform.python_version(),
+        "node": _cmd_version([shutil.which("node") or "node", "--version"]),
+        "nats-server": _cmd_version([str(bindir / "nats-server"), "--version"]),
+        "redis-server": _cmd_version([str(bindir / "redis-server"), "--version"]),
+        "dynalite": _lock_version(BENCH.parent / "compose", "dynalite"),
+        "socket.io (node)": _lock_version(BENCH / "peers" / "node", "socket.io"),
+        "@socket.io/redis-adapter": _lock_version(
+            BENCH / "peers" / "node", "@socket.io/redis-adapter"
+        ),
+        "ws (load generator)": _lock_version(BENCH / "loadgen", "ws"),
+    }
+    for pkg in ("python-socketio", "python-engineio", "uvicorn", "websockets", "uvloop", "nats-py"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "?"
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu_model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "mode": "quick" if quick else "full",
+        "runs": runs,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "minutes": round((time.time() - started) / 60, 1),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
+    }
+
+
+# ---- medians -------------------------------------------------------------------------------
+
+
+def _key(r: Record) -> tuple[str, str, Any]:
+    step = r.get("offered_rate") if r["scenario"] == "fanout" else r.get("index")
+    return (r["stack"], r["scenario"], step)
+
+
+def _median(values: list[Any]) -> Any:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    if all(isinstance(v, bool) for v in vals):
+        return sum(vals) * 2 >= len(vals)
+    if all(isinstance(v, int | float) for v in vals):
+        return statistics.median(vals)
+    if all(isinstance(v, dict) for v in vals):
+        keys = {k for v in vals for k in v}
+        return {k: _median([v.get(k) for v in vals]) for k in sorted(keys)}
+    return vals[0]
+
+
+def aggregate(raw: list[Record]) -> list[Record]:
+    """One record per (stack, scenario, step): the median of every figure and its min/max."""
+    groups: dict[tuple[str, str, Any], list[Record]] = {}
+    for r in raw:
+        if "error" in r:
+            continue
+        groups.setdefault(_key(r), []).append(r)
+    out: list[Record] = []
+    for (stack, scenario, _), recs in groups.items():
+        keys = {k for r in recs for k in r} - {"run", "stack", "scenario"}
+        med: Record = {"stack": stack, "scenario": scenario, "runs": len(recs)}
+        spread: dict[str, list[float]] = {}
+        for k in sorted(keys):
+            vals = [r.get(k) for r in recs]
+            med[k] = _median(vals)
+            nums = [v for v in vals if isinstance(v, int | float) and not isinstance(v, bool)]
+            if len(nums) > 1:
+                spread[k] = [min(nums), max(nums)]
+        med["spread"] = spread
+        out.append(med)
+    order = {s: i for i, s in enumerate(STACK_ORDER)}
+    out.sort(key=lambda r: (order.get(r["stack"], 9), r["scenario"], r.get("offered_rate") or 0))
+    return out
+
+
+# ---- table ---------------------------------------------------------------------------------
+
+
+def _f(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int | float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _fs(r: Record, key: str, digits: int = 0) -> str:
+    """The median, with (min-max) over runs when there were several."""
+    text = _f(r.get(key), digits)
+    sp = r.get("spread", {}).get(key)
+    if sp and sp[0] != sp[1]:
+        text += f" ({_f(sp[0], digits)}-{_f(sp[1], digits)})"
+    return text
+
+
+def _procs(r: Record) -> str:
+    cpu = r.get("cpu_pct") or {}
+    mem = r.get("peak_rss_mb") or {}
+    return ", ".join(f"{n} {cpu[n]:.0f}%/{mem.get(n, 0):.0f}MB" for n in cpu if cpu[n] is not None)
+
+
+def best_fanout(agg: list[Record], stack: str) -> Record | None:
+    passing = [
+        r for r in agg if r["stack"] == stack and r["scenario"] == "fanout" and r.get("pass")
+    ]
+    return max(passing, key=lambda r: r["offered_rate"]) if passing else None
+
+
+def table(agg: list[Record], meta: dict[str, Any]) -> str:
+    v = meta["versions"]
+    lines = [
+        "# make bench results",
+        "",
+        f"Machine: {meta['cores']} cores ({meta['cpu']}), {meta['memory_gb']} GB, {meta['os']}. "
+        f"Mode: {meta['mode']}, {meta['runs']} run(s) per figure (median, with (min-max) over "
+        f"runs), started {meta['started']}, {meta['minutes']} min. Load average at the end: "
+        f"{meta['load_average_at_end']}. The load generator runs on the same cores.",
+        "",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
+    ]
+    stacks = [s for s in STACK_ORDER if any(r["stack"] == s for r in agg)]
+    fan = [r for r in agg if r["scenario"] == "fanout"]
+    if fan:
+        cfg = meta["config"]
+        lines += [
+            f"## Fan-out ({cfg['clients']} clients, rooms of {cfg['room_size']} over both nodes, "
+            f"{cfg['step_seconds']} s per step; pass = no loss and p99 < {cfg['max_p99_ms']} ms)",
+            "",
+            "| stack | best passing step (msg/s) | delivered frames/s | p50 ms | p99 ms | "
+            "server CPU us/frame |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in stacks:
+            b = best_fanout(agg, s)
+            if b is None:
+                lines.append(f"| {s} | none | - | - | - | - |")
+            else:
+                lines.append(
+                    f"| {s} | {_f(b['offered_rate'])} | {_fs(b, 'delivered_fps')} | "
+                    f"{_fs(b, 'p50_ms', 1)} | {_fs(b, 'p99_ms', 1)} | "
+                    f"{_fs(b, 'server_cpu_us_per_frame')} |"
+                )
+        lines += [
+            "",
+            "Every step:",
+            "",
+            "| stack | offered msg/s | sent | delivered frames/s | lost | dup | out of order | "
+            "p50 | p95 | p99 | max ms | server CPU % | us/frame | loadgen CPU % / ELU | pass |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in fan:
+            bound = " load-bound" if r.get("load_bound") else ""
+            lines.append(
+                f"| {r['stack']} | {_f(r['offered_rate'])} | {_fs(r, 'sent')} | "
+                f"{_fs(r, 'delivered_fps')} | {_fs(r, 'lost')} | {_f(r.get('duplicated'))} | "
+                f"{_f(r.get('out_of_order'))} | {_fs(r, 'p50_ms', 1)} | {_fs(r, 'p95_ms', 1)} | "
+                f"{_fs(r, 'p99_ms', 1)} | {_fs(r, 'max_ms', 1)} | {_fs(r, 'server_cpu_pct')} | "
+                f"{_fs(r, 'server_cpu_us_per_frame')} | {_f(r.get('loadgen_cpu_pct'))} / "
+                f"{_f(r.get('loadgen_elu'), 2)}{bound} | {_f(r.get('pass'))} |"
+            )
+        lines += ["", "CPU % and peak RSS of every process at each stack's last step run:", ""]
+        for s in stacks:
+            steps = [r for r in fan if r["stack"] == s]
+            if steps:
+                last = steps[-1]
+                lines.append(f"- {s} at {_f(last['offered_rate'])} msg/s: {_procs(last)}")
+        lines.append("")
+    lat = [r for r in agg if r["scenario"] == "latency"]
+    if lat:
+        cfg = meta["config"]
+        lines += [
+            f"## Latency ({cfg['latency_clients']} clients, rooms of 2 across the nodes, "
+            f"{cfg['latency_rate']} msg/s, {cfg['latency_seconds']} s)",
+            "",
+            "| stack | p50 ms | p95 ms | p99 ms | max ms | lost | server CPU % |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in lat:
+            lines.append(
+                f"| {r['stack']} | {_fs(r, 'p50_ms', 1)} | {_fs(r, 'p95_ms', 1)} | "
+                f"{_fs(r, 'p99_ms', 1)} | {_fs(r, 'max_ms', 1)} | {_f(r.get('lost'))} | "
+                f"{_fs(r, 'server_cpu_pct')} |"
+            )
+        lines.append("")
+    idle = [r for r in agg if r["scenario"] == "idle"]
+    if idle:
+        lines += [
+            "## Idle connections (held open across both edge nodes)",
+            "",
+            "| stack | connections | connected | connect time s | KB per connection per edge "
+            "(mean) | per edge node | edge RSS after, MB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in idle:
+            per = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("kb_per_connection") or {}).items())
+            after = ", ".join(f"{k} {v:.0f}" for k, v in (r.get("edge_rss_after_mb") or {}).items())
+            lines.append(
+                f"| {r['stack']} | {_f(r.get('connections'))} | {_fs(r, 'connected')} | "
+                f"{_fs(r, 'connect_seconds', 1)} | {_fs(r, 'kb_per_connection_mean', 1)} | "
+                f"{per} | {after} |"
+            )
+        lines.append("")
+    hist = [r for r in agg if r["scenario"] == "history"]
+    if hist:
+        lines += ["## History (chat-mesh only: the peers keep no history)", ""]
+        for r in hist:
+            if r.get("kind") == "pages":
+                lines.append(
+                    f"- pages of {r['limit']} (`?before=`), {r['readers']} concurrent readers, "
+                    f"{_f(r.get('messages_stored'))} messages stored: "
+                    f"{_fs(r, 'requests_per_s')} requests/s, p50 {_fs(r, 'p50_ms', 1)} ms, "
+                    f"p99 {_fs(r, 'p99_ms', 1)} ms, errors {_f(r.get('errors'))}; {_procs(r)}"
+                )
+            elif r.get("kind") == "sync":
+                lines.append(
+                    f"- sync after reconnect: {_f(r.get('clients'))} clients at once, each "
+                    f"{r['missed_per_client']} messages behind: all synced in "
+                    f"{_fs(r, 'seconds', 2)} s ({_f(r.get('synced'))} synced, "
+                    f"{_f(r.get('failed'))} failed), {_fs(r, 'replayed_frames')} frames "
+                    f"replayed, per client p50 {_fs(r, 'p50_ms', 0)} ms, p99 {_fs(r, 'p99_ms', 0)}"
+                    f" ms; {_procs(r)}"
+                )
+        lines.append("")
+    ing = [r for r in agg if r["scenario"] == "ingest"]
+    if ing:
+        lines += [
+            "## Ingest (chat-mesh only)",
+            "",
+            "| offered msg/s | stored msg/s | store ceiling: conditional PutItem/s "
+            "(concurrency) | stored / ceiling | processes |",
+            "|---|---|---|---|---|",
+        ]
+        for r in ing:
+            lines.append(
+                f"| {_f(r.get('offered_rate'))} | {_fs(r, 'stored_per_s')} | "
+                f"{_fs(r, 'ceiling_puts_per_s')} ({_f(r.get('ceiling_concurrency'))}) | "
+                f"{_fs(r, 'ratio_to_ceiling', 2)} | {_procs(r)} |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+# ---- plots ---------------------------------------------------------------------------------
+
+
+def plots(agg: list[Record], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fan = [r for r in agg if r["scenario"] == "fanout"]
+    if not fan:
+        return []
+    stacks = [s for s in STACK_ORDER if any(r["stack"] == s for r in fan)]
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
+    for s in stacks:
+        rs = [r for r in fan if r["stack"] == s]
+        ax.plot(
+            [r["offered_rate"] for r in rs], [r["delivered_fps"] for r in rs], marker="o", label=s
+        )
+    ax.set_xlabel("offered rate (messages/s)")
+    ax.set_ylabel("delivered frames/s")
+    ax.set_title("Fan-out: delivered frames/s (median of runs)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "fanout_throughput.png"
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
+    for i, s in enumerate(stacks):
+        rs = [r for r in fan if r["stack"] == s]
+        color = f"C{i}"
+        x = [r["offered_rate"] for r in rs]
+        ax.plot(x, [r["p50_ms"] for r in rs], marker="o", color=color, label=f"{s} p50")
+        ax.plot(x, [r["p99_ms"] for r in rs], marker="^", ls="--", color=color, label=f"{s} p99")
+    ax.axhline(100, color="grey", lw=0.8, ls=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered rate (messages/s)")
+    ax.set_ylabel("latency, ms (log)")
+    ax.set_title("Fan-out: send-to-receive latency (median of runs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "fanout_latency.png"
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def write_all(out: Path, raw: list[Record], meta: dict[str, Any]) -> None:
+    agg = aggregate(raw)
+    with open(out / "results.jsonl", "w") as f:
+        f.write(json.dumps({"type": "machine", **meta}) + "\n")
+        for r in raw:
+            f.write(json.dumps({"type": "run", **r}) + "\n")
+        for r in agg:
+            f.write(json.dumps({"type": "median", **r}) + "\n")
+    errors = [r for r in raw if "error" in r]
+    text = table(agg, meta)
+    if errors:
+        text += (
+            "\n## Scenarios that failed\n\n"
+            + "\n".join(
+                f"- {r['stack']} {r['scenario']} run {r['run'] + 1}: {r['error']}" for r in errors
+            )
+            + "\n"
+        )
+    (out / "table.md").write_text(text)
+    plots(agg, out)

@@ -1,0 +1,896 @@
+"""`make bench`: the same load at this project's mesh, python-socketio and Node socket.io.
+
+For each run and stack: start the stack on free loopback ports, run the scenarios (idle,
+latency, fan-out ladder, history, ingest), stop it by pid. Writes `bench/results/`:
+`results.jsonl` (every figure of every run, then the medians), `table.md`, `*.png` and, with
+`--profile`, py-spy flame graphs of every Python service during fan-out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import report
+from stacks import STACKS, MeshStack, Stack
+
+BENCH = Path(__file__).resolve().parent
+LOADGEN = BENCH / "loadgen" / "loadgen.js"
+SCENARIOS = ("idle", "latency", "fanout", "history", "ingest")
+MESH_ONLY = {"history", "ingest"}
+
+Record = dict[str, Any]
+
+
+@dataclass
+class Config:
+    stacks: list[str]
+    scenarios: list[str]
+    runs: int = 3
+    out: Path = BENCH / "results"
+    profile: bool = False
+    quick: bool = False
+    loadgens: int = 1
+    # fan-out
+    clients: int = 1000
+    room_size: int = 10
+    rates: list[int] = field(default_factory=lambda: [250, 500, 1000, 1500, 2000, 3000, 4000, 6000])
+    step_seconds: float = 20.0
+    drain_seconds: float = 2.0
+    max_loss: int = 0
+    max_p99_ms: float = 100.0
+    # latency
+    latency_clients: int = 100
+    latency_rate: float = 100.0
+    latency_seconds: float = 20.0
+    # idle
+    idle_connections: int = 20000
+    # history
+    history_clients: int = 1000
+    history_room_size: int = 10
+    history_seed_rate: float = 500.0
+    history_seed_seconds: float = 20.0
+    history_readers: int = 32
+    history_seconds: float = 20.0
+    history_missed: int = 50
+    # ingest
+    ingest_clients: int = 200
+    ingest_rate: float = 3000.0
+    ingest_seconds: float = 20.0
+    ingest_concurrency: int = 64
+
+
+# ---- processes and figures -----------------------------------------------------------------
+
+
+class Sampler:
+    """CPU seconds and peak RSS of a set of processes over a window (psutil, 4 samples/s)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs: dict[str, psutil.Process] = {}
+        for name, pid in pids.items():
+            with contextlib.suppress(psutil.Error):
+                self.procs[name] = psutil.Process(pid)
+        self.peak: dict[str, int] = dict.fromkeys(self.procs, 0)
+        self._cpu0: dict[str, float] = {}
+        self._t0 = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _cpu(self, p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    def _rss(self) -> None:
+        for name, p in self.procs.items():
+            with contextlib.suppress(psutil.Error):
+                self.peak[name] = max(self.peak[name], p.memory_info().rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.25):
+            self._rss()
+
+    def start(self) -> Sampler:
+        self._t0 = time.monotonic()
+        self._cpu0 = {n: self._cpu(p) for n, p in self.procs.items()}
+        self._rss()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._rss()
+        wall = time.monotonic() - self._t0
+        cpu = {n: self._cpu(p) - self._cpu0[n] for n, p in self.procs.items()}
+        return {
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "cpu_pct": {n: 100 * c / wall for n, c in cpu.items()},
+            "peak_rss_mb": {n: v / 2**20 for n, v in self.peak.items()},
+        }
+
+
+def rss(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+class LoadGen:
+    """One Node load-generator process, driven by JSON lines."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls) -> LoadGen:
+        node = shutil.which("node") or "node"
+        proc = await asyncio.create_subprocess_exec(
+            node,
+            "--max-old-space-size=4096",
+            str(LOADGEN),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=str(LOADGEN.parent),
+            limit=2**26,
+            start_new_session=True,
+        )
+        lg = cls(proc)
+        hello = await lg._read()
+        assert hello.get("cmd") == "ready", hello
+        return lg
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("load generator exited")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps({"cmd": cmd, **args}) + "\n").encode())
+        await self.proc.stdin.drain()
+        answer = await self._read()
+        if not answer.get("ok"):
+            raise RuntimeError(f"load generator {cmd}: {answer.get('error')}")
+        return answer
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                await self.proc.wait()
+
+
+async def start_loadgens(n: int) -> list[LoadGen]:
+    return list(await asyncio.gather(*(LoadGen.start() for _ in range(n))))
+
+
+async def stop_loadgens(lgs: list[LoadGen]) -> None:
+    await asyncio.gather(*(lg.stop() for lg in lgs))
+
+
+def percentiles(hist: dict[int, int], bucket_ms: float) -> dict[str, float | None]:
+    total = sum(hist.values())
+    out: dict[str, float | None] = {"p50_ms": None, "p95_ms": None, "p99_ms": None}
+    if total == 0:
+        return out
+    marks = [("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99)]
+    seen = 0
+    for b in sorted(hist):
+        seen += hist[b]
+        for key, q in marks:
+            if out[key] is None and seen >= math.ceil(q * total):
+                out[key] = (b + 1) * bucket_ms
+    return out
+
+
+def merge_hist(parts: list[dict[str, Any]]) -> dict[int, int]:
+    hist: dict[int, int] = {}
+    for p in parts:
+        for b, n in p["hist"].items():
+            hist[int(b)] = hist.get(int(b), 0) + int(n)
+    return hist
+
+
+# ---- clients -------------------------------------------------------------------------------
+
+
+@dataclass
+class Population:
+    """Clients (load-generator specs) spread over rooms and edge nodes."""
+
+    specs: list[dict[str, Any]]
+    members: dict[str, int]  # room -> member count
+    tokens: dict[str, str]  # room -> a member's token (history reads)
+
+
+async def population(
+    stack: Stack, clients: int, room_size: int, tag: str, send: bool = True
+) -> Population:
+    """`clients` clients in rooms of `room_size`; member j of a room connects to node j % 2."""
+    rooms = max(1, clients // room_size)
+    specs: list[dict[str, Any]] = []
+    tokens: dict[str, str] = {}
+    if isinstance(stack, MeshStack):
+        users = await stack.create_users(rooms * room_size, tag)
+        groups = [users[i * room_size : (i + 1) * room_size] for i in range(rooms)]
+        room_ids = await stack.create_rooms(groups)
+        for r, (room, group) in enumerate(zip(room_ids, groups, strict=True)):
+            tokens[room] = group[0]["token"]
+            for j, u in enumerate(group):
+                url = stack.edge_urls[j % 2] + u["token"]
+                specs.append(
+                    {
+                        "idx": r * room_size + j,
+                        "url": url,
+                        "proto": "mesh",
+                        "room": room,
+                        "user": u["id"],
+                        "send": send,
+                    }
+                )
+    else:
+        for r in range(rooms):
+            room = f"{tag}-{r}"
+            for j in range(room_size):
+                specs.append(
+                    {
+                        "idx": r * room_size + j,
+                        "url": stack.edge_urls[j % 2],
+                        "proto": "sio",
+                        "room": room,
+                        "user": f"u{r}-{j}",
+                        "send": send,
+                    }
+                )
+    members: dict[str, int] = {}
+    for s in specs:
+        members[s["room"]] = members.get(s["room"], 0) + 1
+    return Population(specs, members, tokens)
+
+
+async def connect_all(lgs: list[LoadGen], specs: list[dict[str, Any]]) -> dict[str, Any]:
+    shares = [specs[i :: len(lgs)] for i in range(len(lgs))]
+    t0 = time.monotonic()
+    parts = await asyncio.gather(
+        *(
+            lg.call("connect", clients=s, concurrency=250, timeoutMs=60000)
+            for lg, s in zip(lgs, shares, strict=True)
+        )
+    )
+    connected = sum(p["connected"] for p in parts)
+    failed = sum(p["failed"] for p in parts)
+    why: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["why"].items():
+            why[k] = why.get(k, 0) + v
+    return {"connected": connected, "failed": failed, "why": why, "seconds": time.monotonic() - t0}
+
+
+async def drive_step(
+    cfg: Config,
+    stack: Stack,
+    lgs: list[LoadGen],
+    pop: Population,
+    step: int,
+    rate: float,
+    seconds: float,
+    during: Callable[[], Awaitable[None]] | None = None,
+) -> Record:
+    """One offered rate for `seconds`: every figure of the step."""
+    sampler = Sampler(stack.pids).start()
+    lg_sampler = Sampler({f"loadgen-{i}": lg.pid for i, lg in enumerate(lgs)}).start()
+    calls = [
+        lg.call("step", step=step, rate=rate / len(lgs), duration=seconds, drain=cfg.drain_seconds)
+        for lg in lgs
+    ]
+    extra = [during()] if during is not None else []
+    results = await asyncio.gather(*calls, *extra)
+    parts: list[dict[str, Any]] = list(results[: len(lgs)])
+    procs = sampler.stop()
+    lg_procs = lg_sampler.stop()
+    sent_by_room: dict[str, int] = {}
+    recv = 0
+    for p in parts:
+        for room, n in p["sentByRoom"].items():
+            sent_by_room[room] = sent_by_room.get(room, 0) + n
+        recv += sum(p["recvByRoom"].values())
+    expected = sum(n * pop.members[room] for room, n in sent_by_room.items())
+    send_s = max(p["sendSeconds"] for p in parts)
+    server_cpu = sum(procs["cpu_s"].values())
+    rec: Record = {
+        "offered_rate": rate,
+        "seconds": seconds,
+        "sent": sum(p["sent"] for p in parts),
+        "sent_rate": sum(p["sent"] for p in parts) / send_s,
+        "expected_frames": expected,
+        "delivered_frames": recv,
+        "delivered_fps": recv / send_s,
+        "lost": expected - recv,
+        "duplicated": sum(p["dup"] for p in parts),
+        "out_of_order": sum(p["ooo"] for p in parts),
+        "late_frames": sum(p["late"] for p in parts),
+        "errors": sum(p["errors"] for p in parts),
+        **percentiles(merge_hist(parts), parts[0]["bucketMs"]),
+        "max_ms": max(p["maxMs"] for p in parts),
+        "cpu_pct": procs["cpu_pct"],
+        "peak_rss_mb": procs["peak_rss_mb"],
+        "server_cpu_pct": 100 * server_cpu / procs["wall_s"],
+        "server_cpu_us_per_frame": (1e6 * server_cpu / recv) if recv else None,
+        "loadgen_cpu_pct": sum(lg_procs["cpu_pct"].values()),
+        "loadgen_elu": max(p["elu"] for p in parts),
+        "open_connections": sum(p["open"] for p in parts),
+    }
+    rec["load_bound"] = rec["loadgen_elu"] > 0.8
+    p99 = rec["p99_ms"]
+    rec["pass"] = (
+        rec["lost"] <= cfg.max_loss
+        and rec["duplicated"] == 0
+        and p99 is not None
+        and p99 < cfg.max_p99_ms
+    )
+    return rec
+
+
+async def settle(stack: Stack, limit_s: float = 60.0) -> None:
+    """Wait until the stack's processes are nearly idle (a backlog of the last step is done)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        s = Sampler(stack.pids).start()
+        await asyncio.sleep(1.0)
+        if sum(s.stop()["cpu_pct"].values()) < 15:
+            return
+
+
+# ---- scenarios -----------------------------------------------------------------------------
+
+
+async def scenario_fanout(cfg: Config, stack: Stack, out: Path) -> list[Record]:
+    pop = await population(stack, cfg.clients, cfg.room_size, "fan")
+    lgs = await start_loadgens(cfg.loadgens)
+    profilers: list[tuple[str, subprocess.Popen[bytes]]] = []
+    records: list[Record] = []
+    try:
+        conn = await connect_all(lgs, pop.specs)
+        if conn["failed"]:
+            raise RuntimeError(
+                f"fan-out: {conn['failed']} clients failed to connect: {conn['why']}"
+            )
+        await asyncio.sleep(1.0)
+        if cfg.profile:
+            profilers = start_profilers(stack, out)
+        for i, rate in enumerate(cfg.rates):
+            rec = await drive_step(cfg, stack, lgs, pop, i, rate, cfg.step_seconds)
+            rec.update(clients=cfg.clients, room_size=cfg.room_size)
+            records.append(rec)
+            log(
+                f"  {stack.name} fan-out {rate:>6} msg/s: {rec['delivered_fps']:.0f} frames/s, "
+                f"lost {rec['lost']}, p99 {fmt(rec['p99_ms'])} ms, server CPU "
+                f"{rec['server_cpu_pct']:.0f}%, loadgen ELU {rec['loadgen_elu']:.2f}"
+                + ("" if rec["pass"] else "  -> failed, leaving the ladder")
+            )
+            if not rec["pass"]:
+                break
+            await settle(stack, 10)
+    finally:
+        stop_profilers(profilers)
+        await stop_loadgens(lgs)
+    return records
+
+
+async def scenario_latency(cfg: Config, stack: Stack, out: Path) -> list[Record]:
+    pop = await population(stack, cfg.latency_clients, 2, "lat")
+    lgs = await start_loadgens(1)
+    try:
+        conn = await connect_all(lgs, pop.specs)
+        if conn["failed"]:
+            raise RuntimeError(f"latency: {conn['failed']} clients failed to connect")
+        await asyncio.sleep(1.0)
+        rec = await drive_step(cfg, stack, lgs, pop, 0, cfg.latency_rate, cfg.latency_seconds)
+        rec.update(clients=cfg.latency_clients, room_size=2)
+        log(
+            f"  {stack.name} latency: p50 {fmt(rec['p50_ms'])} p99 {fmt(rec['p99_ms'])} "
+            f"max {fmt(rec['max_ms'])} ms, lost {rec['lost']}"
+        )
+        return [rec]
+    finally:
+        await stop_loadgens(lgs)
+
+
+async def scenario_idle(cfg: Config, stack: Stack, out: Path) -> list[Record]:
+    n = cfg.idle_connections
+    specs: list[dict[str, Any]] = []
+    for i in range(n):
+        if isinstance(stack, MeshStack):
+            url = stack.edge_urls[i % 2] + stack.mint_token(f"idle-{i:06d}")
+            specs.append({"idx": i, "url": url, "proto": "mesh", "room": None, "send": False})
+        else:
+            specs.append({"idx": i, "url": stack.edge_urls[i % 2], "proto": "sio", "room": None})
+    # each process holds at most 9,000 sockets (the open-file limit is per process)
+    lgs = await start_loadgens(max(cfg.loadgens, math.ceil(n / 9000)))
+    edges = stack.edge_names()
+    try:
+        await asyncio.sleep(1.0)
+        before = {e: rss(stack.pids[e]) for e in edges}
+        sampler = Sampler(stack.pids).start()
+        conn = await connect_all(lgs, specs)
+        await asyncio.sleep(3.0)
+        after = {e: rss(stack.pids[e]) for e in edges}
+        procs = sampler.stop()
+        per_node = {e: n // 2 + (1 if (i == 0 and n % 2) else 0) for i, e in enumerate(edges)}
+        kb = {e: (after[e] - before[e]) / 1024 / max(1, per_node[e]) for e in edges}
+        rec: Record = {
+            "connections": n,
+            "connected": conn["connected"],
+            "failed": conn["failed"],
+            "connect_seconds": conn["seconds"],
+            "connect_rate": conn["connected"] / conn["seconds"] if conn["seconds"] else None,
+            "edge_rss_before_mb": {e: v / 2**20 for e, v in before.items()},
+            "edge_rss_after_mb": {e: v / 2**20 for e, v in after.items()},
+            "kb_per_connection": kb,
+            "kb_per_connection_mean": sum(kb.values()) / len(kb),
+            "cpu_pct": procs["cpu_pct"],
+            "peak_rss_mb": procs["peak_rss_mb"],
+        }
+        log(
+            f"  {stack.name} idle: {conn['connected']}/{n} connected in {conn['seconds']:.1f}s, "
+            f"{rec['kb_per_connection_mean']:.1f} KB/conn per edge"
+            + (f", failures {conn['why']}" if conn["failed"] else "")
+        )
+        return [rec]
+    finally:
+        for lg in lgs:
+            with contextlib.suppress(Exception):
+                await lg.call("close")
+        await stop_loadgens(lgs)
+        await settle(stack, 30)
+
+
+async def scenario_history(cfg: Config, stack: Stack, out: Path) -> list[Record]:
+    assert isinstance(stack, MeshStack)
+    pop = await population(stack, cfg.history_clients, cfg.history_room_size, "hist")
+    lgs = await start_loadgens(1)
+    try:
+        conn = await connect_all(lgs, pop.specs)
+        if conn["failed"]:
+            raise RuntimeError(f"history: {conn['failed']} clients failed to connect")
+        seed = await drive_step(
+            cfg, stack, lgs, pop, 0, cfg.history_seed_rate, cfg.history_seed_seconds
+        )
+        await settle(stack, 30)
+        stored = await stored_counts(stack, list(pop.members))
+        targets = [
+            {"room": room, "token": pop.tokens[room], "maxSeq": stored[room]}
+            for room in pop.members
+            if stored[room] > 0
+        ]
+        sampler = Sampler(stack.pids).start()
+        pages = await lgs[0].call(
+            "http",
+            base=stack.history_url,
+            targets=targets,
+            concurrency=cfg.history_readers,
+            duration=cfg.history_seconds,
+            limit=50,
+        )
+        procs = sampler.stop()
+        rec: Record = {
+            "kind": "pages",
+            "readers": cfg.history_readers,
+            "limit": 50,
+            "messages_stored": sum(stored.values()),
+            "requests": pages["ok"],
+            "errors": pages["bad"],
+            "requests_per_s": pages["ok"] / pages["seconds"],
+            **percentiles({int(k): v for k, v in pages["hist"].items()}, pages["bucketMs"]),
+            "max_ms": pages["maxMs"],
+            "cpu_pct": procs["cpu_pct"],
+            "peak_rss_mb": procs["peak_rss_mb"],
+            "loadgen_elu": pages["elu"],
+            "seed_lost": seed["lost"],
+        }
+        log(
+            f"  {stack.name} history pages: {rec['requests_per_s']:.0f} req/s, "
+            f"p99 {fmt(rec['p99_ms'])} ms, errors {rec['errors']}"
+        )
+        sampler = Sampler(stack.pids).start()
+        sync = await lgs[0].call(
+            "sync", missed=cfg.history_missed, concurrency=len(pop.specs), timeoutMs=120000
+        )
+        procs = sampler.stop()
+        rec2: Record = {
+            "kind": "sync",
+            "clients": len(pop.specs),
+            "missed_per_client": cfg.history_missed,
+            "synced": sync["synced"],
+            "failed": sync["failed"],
+            "seconds": sync["seconds"],
+            "replayed_frames": sync["replayed"],
+            "p50_ms": sync["p50Ms"],
+            "p99_ms": sync["p99Ms"],
+            "max_ms": sync["maxMs"],
+            "cpu_pct": procs["cpu_pct"],
+            "peak_rss_mb": procs["peak_rss_mb"],
+        }
+        log(
+            f"  {stack.name} sync: {sync['synced']}/{len(pop.specs)} synced in "
+            f"{sync['seconds']:.2f}s, {sync['replayed']} frames replayed, "
+            f"p99 {fmt(sync['p99Ms'])} ms"
+        )
+        return [rec, rec2]
+    finally:
+        await stop_loadgens(lgs)
+
+
+async def stored_counts(stack: MeshStack, rooms: list[str]) -> dict[str, int]:
+    """The latest stored seq of each room (seq is gap-free: the stored count)."""
+    from infra.settings import CommonSettings
+    from infra.store import open_dynamo
+
+    assert stack.infra is not None
+    settings = CommonSettings(dynamo_url=stack.infra.dynamo_url, table_prefix="bench_")
+    table = "bench_messages"
+    sem = asyncio.Semaphore(16)
+    async with open_dynamo(settings) as client:
+
+        async def one(room: str) -> int:
+            async with sem:
+                r = await client.query(
+                    TableName=table,
+                    KeyConditionExpression="pk = :p",
+                    ExpressionAttributeValues={":p": {"S": room}},
+                    ScanIndexForward=False,
+                    Limit=1,
+                    ProjectionExpression="sk",
+                )
+                items = r.get("Items", [])
+                return int(items[0]["sk"]["N"]) if items else 0
+
+        counts = await asyncio.gather(*(one(r) for r in rooms))
+    return dict(zip(rooms, counts, strict=True))
+
+
+async def put_ceiling(stack: MeshStack, concurrency: int, seconds: float) -> dict[str, Any]:
+    """The store's own ceiling: single-item conditional PutItems (aiobotocore, same config)."""
+    from infra.settings import CommonSettings
+    from infra.store import open_dynamo
+
+    assert stack.infra is not None
+    settings = CommonSettings(dynamo_url=stack.infra.dynamo_url, table_prefix="bench_")
+    table = "bench_ceiling"
+    done = 0
+    errors = 0
+    async with open_dynamo(settings) as client:
+        with contextlib.suppress(Exception):
+            await client.create_table(
+                TableName=table,
+                KeySchema=[
+                    {"AttributeName": "pk", "KeyType": "HASH"},
+                    {"AttributeName": "sk", "KeyType": "RANGE"},
+                ],
+                AttributeDefinitions=[
+                    {"AttributeName": "pk", "AttributeType": "S"},
+                    {"AttributeName": "sk", "AttributeType": "N"},
+                ],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        for _ in range(100):
+            d = await client.describe_table(TableName=table)
+            if d["Table"].get("TableStatus") == "ACTIVE":
+                break
+            await asyncio.sleep(0.1)
+        body = "x" * 120
+        end = time.monotonic() + seconds
+
+        async def worker(w: int) -> None:
+            nonlocal done, errors
+            seq = 0
+            while time.monotonic() < end:
+                seq += 1
+                try:
+                    await client.put_item(
+                        TableName=table,
+                        Item={
+                            "pk": {"S": f"room-{w}"},
+                            "sk": {"N": str(seq)},
+                            "content": {"S": body},
+                            "messageId": {"S": f"m-{w}-{seq}"},
+                        },
+                        ConditionExpression="attribute_not_exists(pk)",
+                    )
+                    done += 1
+                except Exception:
+                    errors += 1
+
+        sampler = Sampler(stack.pids).start()
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        wall = time.monotonic() - t0
+        procs = sampler.stop()
+    return {
+        "puts_per_s": done / wall,
+        "errors": errors,
+        "concurrency": concurrency,
+        "dynalite_cpu_pct": procs["cpu_pct"].get("dynalite"),
+    }
+
+
+async def scenario_ingest(cfg: Config, stack: Stack, out: Path) -> list[Record]:
+    assert isinstance(stack, MeshStack)
+    ceiling = await put_ceiling(stack, cfg.ingest_concurrency, cfg.ingest_seconds)
+    log(
+        f"  {stack.name} store ceiling: {ceiling['puts_per_s']:.0f} conditional PutItem/s "
+        f"at concurrency {cfg.ingest_concurrency}"
+    )
+    pop = await population(stack, cfg.ingest_clients, 2, "ing")
+    rooms = list(pop.members)
+    lgs = await start_loadgens(1)
+    window: dict[str, Any] = {}
+
+    async def measure() -> None:
+        # the stored count over the middle of the step (steady state, backlog excluded)
+        await asyncio.sleep(min(2.0, cfg.ingest_seconds * 0.2))
+        t0 = time.monotonic()
+        c0 = await stored_counts(stack, rooms)
+        await asyncio.sleep(max(0.5, cfg.ingest_seconds * 0.6))
+        c1 = await stored_counts(stack, rooms)
+        window["stored"] = sum(c1.values()) - sum(c0.values())
+        window["seconds"] = time.monotonic() - t0
+
+    try:
+        conn = await connect_all(lgs, pop.specs)
+        if conn["failed"]:
+            raise RuntimeError(f"ingest: {conn['failed']} clients failed to connect")
+        step = await drive_step(
+            cfg, stack, lgs, pop, 0, cfg.ingest_rate, cfg.ingest_seconds, during=measure
+        )
+    finally:
+        await stop_loadgens(lgs)
+    await settle(stack, 30)
+    stored_per_s = window["stored"] / window["seconds"]
+    rec: Record = {
+        "offered_rate": cfg.ingest_rate,
+        "clients": cfg.ingest_clients,
+        "sent": step["sent"],
+        "stored_per_s": stored_per_s,
+        "ceiling_puts_per_s": ceiling["puts_per_s"],
+        "ceiling_concurrency": ceiling["concurrency"],
+        "ceiling_dynalite_cpu_pct": ceiling["dynalite_cpu_pct"],
+        "ratio_to_ceiling": stored_per_s / ceiling["puts_per_s"] if ceiling["puts_per_s"] else None,
+        "cpu_pct": step["cpu_pct"],
+        "peak_rss_mb": step["peak_rss_mb"],
+        "p99_ms": step["p99_ms"],
+        "loadgen_elu": step["loadgen_elu"],
+    }
+    log(
+        f"  {stack.name} ingest: {stored_per_s:.0f} stored msg/s "
+        f"(offered {cfg.ingest_rate:.0f}) vs "
+        f"ceiling {ceiling['puts_per_s']:.0f} PutItem/s"
+    )
+    return [rec]
+
+
+RUNNERS: dict[str, Callable[[Config, Stack, Path], Awaitable[list[Record]]]] = {
+    "idle": scenario_idle,
+    "latency": scenario_latency,
+    "fanout": scenario_fanout,
+    "history": scenario_history,
+    "ingest": scenario_ingest,
+}
+
+
+# ---- profiles ------------------------------------------------------------------------------
+
+
+def start_profilers(stack: Stack, out: Path) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    pyspy = Path(sys.executable).parent / "py-spy"
+    folder = out / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    started = []
+    for name in stack.python_processes:
+        svg = folder / f"{stack.name}-{name}.svg"
+        argv = [str(pyspy), "record", "--pid", str(stack.pids[name]), "--rate", "50",
+                "--nonblocking", "--format", "flamegraph", "-o", str(svg)]  # fmt: skip
+        started.append(
+            (name, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        )
+    return started
+
+
+def stop_profilers(profilers: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    for _, p in profilers:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)  # py-spy writes its flame graph on SIGINT
+    for name, p in profilers:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        if p.returncode not in (0, -signal.SIGINT) and p.stderr is not None:
+            log(f"  py-spy for {name}: exit {p.returncode}: {p.stderr.read().decode()[-300:]}")
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+
+def log(text: str) -> None:
+    print(time.strftime("%H:%M:%S"), text, flush=True)
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def raise_nofile() -> None:
+    """Children inherit it: 20,000 sockets need more than the default 1,024 descriptors."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for want in (1 << 20, 262144, 65536):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+            return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def run_stack(cfg: Config, stack_key: str, run: int) -> list[Record]:
+    records: list[Record] = []
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{stack_key}-"))
+    stack = STACKS[stack_key](workdir)
+    log(f"run {run + 1}/{cfg.runs}: starting {stack.name}")
+    try:
+        await asyncio.to_thread(stack.start)
+        log(f"  {stack.name} is up: " + ", ".join(f"{n} {p}" for n, p in stack.pids.items()))
+        for scenario in cfg.scenarios:
+            if scenario in MESH_ONLY and not isinstance(stack, MeshStack):
+                continue
+            try:
+                recs = await RUNNERS[scenario](cfg, stack, cfg.out)
+            except Exception as e:  # a scenario failing must not stop the others
+                log(f"  {stack.name} {scenario} FAILED: {e!r}")
+                recs = [{"error": repr(e)}]
+            for i, r in enumerate(recs):
+                r.update(stack=stack.name, scenario=scenario, run=run, index=i)
+            records.extend(recs)
+            await settle(stack, 30)
+    finally:
+        await asyncio.to_thread(stack.stop)
+        if os.environ.get("BENCH_KEEP_LOGS"):
+            log(f"  logs kept in {workdir}/logs")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return records
+
+
+async def main_async(cfg: Config) -> int:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    raw: list[Record] = []
+    started = time.time()
+    for run in range(cfg.runs):
+        for key in cfg.stacks:
+            raw.extend(await run_stack(cfg, key, run))
+            # what is done so far, in case a later stack hangs
+            partial = "".join(json.dumps({"type": "run", **r}) + "\n" for r in raw)
+            (cfg.out / "results.jsonl").write_text(partial)
+    meta = report.machine(cfg.quick, cfg.runs, started, asdict(cfg))
+    report.write_all(cfg.out, raw, meta)
+    log(f"results in {cfg.out}: results.jsonl, table.md, *.png")
+    return 0
+
+
+def parse(argv: list[str] | None = None) -> Config:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--stacks", default="mesh,pysio,node")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--out", type=Path, default=BENCH / "results")
+    ap.add_argument("--quick", action="store_true", help="1 run, short steps")
+    ap.add_argument("--smoke", action="store_true", help="seconds per stack, tiny load (tests)")
+    ap.add_argument("--profile", action="store_true", help="py-spy flame graphs during fan-out")
+    ap.add_argument("--loadgens", type=int, help="load-generator processes for fan-out")
+    ap.add_argument("--clients", type=int)
+    ap.add_argument("--room-size", type=int)
+    ap.add_argument("--rates", help="comma list of offered msg/s")
+    ap.add_argument("--step-seconds", type=float)
+    ap.add_argument("--idle", type=int, dest="idle_connections")
+    ap.add_argument("--latency-seconds", type=float)
+    ap.add_argument("--history-seconds", type=float)
+    ap.add_argument("--ingest-seconds", type=float)
+    ap.add_argument("--ingest-rate", type=float)
+    a = ap.parse_args(argv)
+    cfg = Config(
+        stacks=[s for s in a.stacks.split(",") if s],
+        scenarios=[s for s in a.scenarios.split(",") if s],
+        out=a.out,
+        profile=a.profile,
+        quick=a.quick or a.smoke,
+    )
+    for s in cfg.stacks:
+        if s not in STACKS:
+            ap.error(f"unknown stack {s!r} (one of {', '.join(STACKS)})")
+    for s in cfg.scenarios:
+        if s not in RUNNERS:
+            ap.error(f"unknown scenario {s!r} (one of {', '.join(RUNNERS)})")
+    if a.quick:
+        cfg.runs = 1
+        cfg.step_seconds = 5
+        cfg.latency_seconds = 8
+        cfg.history_seed_seconds = 6
+        cfg.history_seconds = 6
+        cfg.ingest_seconds = 8
+    if a.smoke:
+        cfg.runs = 1
+        cfg.clients, cfg.room_size, cfg.rates = 20, 4, [40, 80]
+        cfg.step_seconds, cfg.drain_seconds = 1.5, 1.0
+        cfg.latency_clients, cfg.latency_rate, cfg.latency_seconds = 10, 20, 1.5
+        cfg.idle_connections = 100
+        cfg.history_clients, cfg.history_room_size = 20, 4
+        cfg.history_seed_rate, cfg.history_seed_seconds = 40, 1.5
+        cfg.history_readers, cfg.history_seconds, cfg.history_missed = 4, 1.0, 5
+        cfg.ingest_clients, cfg.ingest_rate, cfg.ingest_seconds = 20, 100, 2.0
+        cfg.ingest_concurrency = 8
+    if a.runs is not None:
+        cfg.runs = a.runs
+    for key in ("loadgens", "clients", "room_size", "step_seconds", "idle_connections",
+                "latency_seconds", "history_seconds", "ingest_seconds", "ingest_rate"):  # fmt: skip
+        v = getattr(a, key)
+        if v is not None:
+            setattr(cfg, key, v)
+    if a.rates:
+        cfg.rates = [int(r) for r in a.rates.split(",")]
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(argv)
+    raise_nofile()
+    random.seed(7)
+    try:
+        import uvloop
+
+        return uvloop.run(main_async(cfg))
+    except ImportError:
+        return asyncio.run(main_async(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
