@@ -1,0 +1,171 @@
+"""The web client in a real browser: two people on two edge nodes, history, an edge restart."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, expect
+from web_mesh import SCREENSHOTS, WebMesh
+
+WAIT_MS = 20_000
+
+
+@pytest.fixture
+async def contexts(browser: Browser) -> AsyncIterator[list[BrowserContext]]:
+    """Two separate browser profiles (two people), closed after the test."""
+    made = [await browser.new_context(viewport={"width": 1100, "height": 720}) for _ in range(2)]
+    try:
+        yield made
+    finally:
+        for context in made:
+            await context.close()
+
+
+async def sign_up(context: BrowserContext, edge_url: str, name: str) -> Page:
+    page = await context.new_page()
+    await page.goto(f"{edge_url}/")
+    await page.get_by_label("Your name").fill(name)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.locator("#status")).to_have_attribute("data-state", "online", timeout=WAIT_MS)
+    return page
+
+
+async def me(page: Page) -> dict[str, Any]:
+    saved: dict[str, Any] = await page.evaluate("JSON.parse(localStorage.getItem('chat.me'))")
+    return saved
+
+
+async def create_room_with(page: Page, other_name: str) -> None:
+    await page.get_by_role("button", name="New room").click()
+    await page.get_by_label(other_name, exact=True).check()
+    await page.get_by_role("button", name="Create room").click()
+    await expect(page.locator("#room-title")).to_have_text(other_name)
+
+
+async def open_room_named(page: Page, title: str) -> None:
+    button = page.locator("#rooms button", has_text=title)
+    await expect(button).to_be_visible(timeout=WAIT_MS)
+    await button.click()
+    await expect(page.locator("#room-title")).to_have_text(title)
+
+
+async def say(page: Page, text: str) -> None:
+    await page.get_by_role("textbox", name="Message").fill(text)
+    await page.get_by_role("textbox", name="Message").press("Enter")
+
+
+def message(page: Page, text: str, state: str = "success") -> Any:
+    return page.locator(f'#messages .msg[data-state="{state}"]', has_text=text)
+
+
+def names() -> tuple[str, str]:
+    tag = secrets.token_hex(3)
+    return f"Alice {tag}", f"Bob {tag}"
+
+
+async def test_two_people_on_two_nodes_chat_and_history_survives_a_reload(
+    web: WebMesh, contexts: list[BrowserContext]
+) -> None:
+    """Sign up on node a and b, create a room, chat both ways, reload, page back through history."""
+    alice_name, bob_name = names()
+    bob = await sign_up(contexts[1], web.edges[1].url, bob_name)
+    alice = await sign_up(contexts[0], web.edges[0].url, alice_name)
+    await create_room_with(alice, bob_name)
+    await open_room_named(bob, alice_name)
+
+    await say(alice, "Hello Bob, from node a")
+    await expect(message(bob, "Hello Bob, from node a")).to_be_visible(timeout=WAIT_MS)
+    await expect(message(alice, "Hello Bob, from node a")).to_have_count(1)
+    await say(bob, "Hi Alice, from node b")
+    await expect(message(alice, "Hi Alice, from node b")).to_be_visible(timeout=WAIT_MS)
+    # presence: each sees the other online
+    await expect(alice.locator('#room-people .dot[data-online="true"]')).to_have_count(1)
+    await expect(bob.locator('#room-people .dot[data-online="true"]')).to_have_count(1)
+    await alice.screenshot(path=str(SCREENSHOTS / "chat.png"))
+
+    # 120 more messages over the HTTP variant, then Bob reloads and pages back by scrolling up
+    alice_me = await me(alice)
+    room_id = await alice.evaluate("state.current")
+    async with httpx.AsyncClient(timeout=30) as http:
+
+        async def post(i: int) -> None:
+            r = await http.post(
+                f"{web.edges[0].url}/rooms/{room_id}/messages",
+                json={
+                    "messageId": str(uuid.uuid4()),
+                    "content": f"bulk {i:03d}",
+                    "createdAt": datetime.now(UTC).isoformat(),
+                },
+                headers={"authorization": f"Bearer {alice_me['token']}"},
+            )
+            assert r.status_code in (201, 202), r.text
+
+        for start in range(0, 120, 20):
+            await asyncio.gather(*(post(i) for i in range(start, start + 20)))
+    await expect(bob.locator("#messages .msg")).to_have_count(122, timeout=WAIT_MS)
+
+    await bob.reload()
+    await expect(bob.locator("#status")).to_have_attribute("data-state", "online", timeout=WAIT_MS)
+    await open_room_named(bob, alice_name)
+    await expect(bob.locator("#messages .msg")).to_have_count(50, timeout=WAIT_MS)
+    for expected in (100, 122):
+        await bob.locator("#messages").evaluate("el => { el.scrollTop = 0; }")
+        await expect(bob.locator("#messages .msg")).to_have_count(expected, timeout=WAIT_MS)
+    await expect(message(bob, "Hello Bob, from node a")).to_be_visible()
+    await expect(bob.locator("#messages .older")).to_have_text("Start of the conversation")
+    await bob.screenshot(path=str(SCREENSHOTS / "history.png"))
+
+
+async def test_page_recovers_after_its_edge_node_restarts(
+    web: WebMesh, contexts: list[BrowserContext]
+) -> None:
+    """Node a stops: the page shows reconnecting, a send fails, missed messages come on return."""
+    alice_name, bob_name = names()
+    signup_page = await contexts[0].new_page()
+    await signup_page.goto(f"{web.edges[0].url}/")
+    await expect(signup_page.get_by_label("Your name")).to_be_visible()
+    await signup_page.screenshot(path=str(SCREENSHOTS / "signup.png"))
+    await signup_page.close()
+    bob = await sign_up(contexts[1], web.edges[1].url, bob_name)
+    alice = await sign_up(contexts[0], web.edges[0].url, alice_name)
+    await alice.get_by_role("button", name="New room").click()
+    await expect(alice.get_by_label(bob_name, exact=True)).to_be_visible()
+    await alice.screenshot(path=str(SCREENSHOTS / "new-room.png"))
+    await alice.get_by_label(bob_name, exact=True).check()
+    await alice.get_by_role("button", name="Create room").click()
+    await open_room_named(bob, alice_name)
+    await say(bob, "before the restart")
+    await expect(message(alice, "before the restart")).to_be_visible(timeout=WAIT_MS)
+
+    await asyncio.to_thread(web.stop_edge, 0)
+    await expect(alice.locator("#status")).to_have_attribute("data-state", "reconnecting")
+    await say(alice, "sent while node a is down")
+    await expect(message(alice, "sent while node a is down", "sending")).to_be_visible()
+    await expect(message(alice, "sent while node a is down", "failed")).to_be_visible(
+        timeout=WAIT_MS
+    )
+    await alice.screenshot(path=str(SCREENSHOTS / "failed.png"))
+    await say(bob, "missed 1")
+    await say(bob, "missed 2")
+    await expect(message(bob, "missed 2")).to_be_visible(timeout=WAIT_MS)
+
+    await asyncio.to_thread(web.start_edge, 0)
+    await expect(alice.locator("#status")).to_have_attribute("data-state", "online", timeout=40_000)
+    await expect(message(alice, "missed 1")).to_be_visible(timeout=WAIT_MS)
+    await expect(message(alice, "missed 2")).to_be_visible()
+    await alice.get_by_role("button", name="Retry sending this message").click()
+    await expect(message(alice, "sent while node a is down")).to_have_count(1, timeout=WAIT_MS)
+    await expect(message(bob, "sent while node a is down")).to_have_count(1, timeout=WAIT_MS)
+    seqs = await alice.locator("#messages .msg").evaluate_all(
+        "els => els.map(e => Number(e.dataset.seq))"
+    )
+    assert seqs == [1, 2, 3, 4]
+    await say(alice, "and live again")
+    await expect(message(bob, "and live again")).to_be_visible(timeout=WAIT_MS)
