@@ -45,6 +45,11 @@ test: install lint browser bench-deps
 	@bash scripts/install-nginx.sh
 	@$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
+# The fault suite (tests/faults, docs/reliability.md): real processes killed under traffic, each
+# scenario printing its figures (also appended to data/faults-figures.txt).
+faults: install
+	@$(BIN)/python -m pytest -p no:cacheprovider -m faults -s -q tests/faults $(PYTEST_ARGS)
+
 # `make bench` (docs/performance.md): this mesh, python-socketio and Node socket.io under the same
 # load, results in bench/results/. Options: STACKS=mesh,pysio,node
 # SCENARIOS=idle,latency,fanout,history,ingest RUNS=3 QUICK=1 PROFILE=1 LOADGENS=1 BENCH_ARGS=...
