@@ -52,12 +52,15 @@ class Config:
     profile: bool = False
     quick: bool = False
     loadgens: int = 1
+    pause: float = 1.0  # seconds of quiet after connecting, x3 before measuring idle RSS
+    settle_limit: float = 30.0  # at most this long waiting for the stack to go idle
     # fan-out
     clients: int = 1000
     room_size: int = 10
     rates: list[int] = field(default_factory=lambda: [250, 500, 1000, 1500, 2000, 3000, 4000, 6000])
     step_seconds: float = 20.0
     drain_seconds: float = 2.0
+    warmup_seconds: float = 3.0
     max_loss: int = 0
     max_p99_ms: float = 100.0
     # latency
@@ -396,7 +399,10 @@ async def scenario_fanout(cfg: Config, stack: Stack, out: Path) -> list[Record]:
             raise RuntimeError(
                 f"fan-out: {conn['failed']} clients failed to connect: {conn['why']}"
             )
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(cfg.pause)
+        # warm-up, not recorded: about one message per room (caches, read models, JIT)
+        await drive_step(cfg, stack, lgs, pop, 999, len(pop.members), cfg.warmup_seconds)
+        await settle(stack, min(10, cfg.settle_limit))
         if cfg.profile:
             profilers = start_profilers(stack, out)
         for i, rate in enumerate(cfg.rates):
@@ -411,7 +417,7 @@ async def scenario_fanout(cfg: Config, stack: Stack, out: Path) -> list[Record]:
             )
             if not rec["pass"]:
                 break
-            await settle(stack, 10)
+            await settle(stack, min(10, cfg.settle_limit))
     finally:
         stop_profilers(profilers)
         await stop_loadgens(lgs)
@@ -425,7 +431,7 @@ async def scenario_latency(cfg: Config, stack: Stack, out: Path) -> list[Record]
         conn = await connect_all(lgs, pop.specs)
         if conn["failed"]:
             raise RuntimeError(f"latency: {conn['failed']} clients failed to connect")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(cfg.pause)
         rec = await drive_step(cfg, stack, lgs, pop, 0, cfg.latency_rate, cfg.latency_seconds)
         rec.update(clients=cfg.latency_clients, room_size=2)
         log(
@@ -450,12 +456,13 @@ async def scenario_idle(cfg: Config, stack: Stack, out: Path) -> list[Record]:
     lgs = await start_loadgens(max(cfg.loadgens, math.ceil(n / 9000)))
     edges = stack.edge_names()
     try:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(cfg.pause)
         before = {e: rss(stack.pids[e]) for e in edges}
         sampler = Sampler(stack.pids).start()
         conn = await connect_all(lgs, specs)
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(3 * cfg.pause)
         after = {e: rss(stack.pids[e]) for e in edges}
+        still_open = sum([(await lg.call("status"))["open"] for lg in lgs])
         procs = sampler.stop()
         per_node = {e: n // 2 + (1 if (i == 0 and n % 2) else 0) for i, e in enumerate(edges)}
         kb = {e: (after[e] - before[e]) / 1024 / max(1, per_node[e]) for e in edges}
@@ -463,6 +470,7 @@ async def scenario_idle(cfg: Config, stack: Stack, out: Path) -> list[Record]:
             "connections": n,
             "connected": conn["connected"],
             "failed": conn["failed"],
+            "open_at_measurement": still_open,
             "connect_seconds": conn["seconds"],
             "connect_rate": conn["connected"] / conn["seconds"] if conn["seconds"] else None,
             "edge_rss_before_mb": {e: v / 2**20 for e, v in before.items()},
@@ -483,7 +491,7 @@ async def scenario_idle(cfg: Config, stack: Stack, out: Path) -> list[Record]:
             with contextlib.suppress(Exception):
                 await lg.call("close")
         await stop_loadgens(lgs)
-        await settle(stack, 30)
+        await settle(stack, min(30, cfg.settle_limit))
 
 
 async def scenario_history(cfg: Config, stack: Stack, out: Path) -> list[Record]:
@@ -497,7 +505,7 @@ async def scenario_history(cfg: Config, stack: Stack, out: Path) -> list[Record]
         seed = await drive_step(
             cfg, stack, lgs, pop, 0, cfg.history_seed_rate, cfg.history_seed_seconds
         )
-        await settle(stack, 30)
+        await settle(stack, min(30, cfg.settle_limit))
         stored = await stored_counts(stack, list(pop.members))
         targets = [
             {"room": room, "token": pop.tokens[room], "maxSeq": stored[room]}
@@ -686,7 +694,7 @@ async def scenario_ingest(cfg: Config, stack: Stack, out: Path) -> list[Record]:
         )
     finally:
         await stop_loadgens(lgs)
-    await settle(stack, 30)
+    await settle(stack, min(30, cfg.settle_limit))
     stored_per_s = window["stored"] / window["seconds"]
     rec: Record = {
         "offered_rate": cfg.ingest_rate,
@@ -791,7 +799,7 @@ async def run_stack(cfg: Config, stack_key: str, run: int) -> list[Record]:
             for i, r in enumerate(recs):
                 r.update(stack=stack.name, scenario=scenario, run=run, index=i)
             records.extend(recs)
-            await settle(stack, 30)
+            await settle(stack, min(30, cfg.settle_limit))
     finally:
         await asyncio.to_thread(stack.stop)
         if os.environ.get("BENCH_KEEP_LOGS"):
@@ -860,7 +868,7 @@ def parse(argv: list[str] | None = None) -> Config:
     if a.smoke:
         cfg.runs = 1
         cfg.clients, cfg.room_size, cfg.rates = 20, 4, [40, 80]
-        cfg.step_seconds, cfg.drain_seconds = 1.5, 1.0
+        cfg.step_seconds, cfg.drain_seconds, cfg.warmup_seconds = 1.5, 0.6, 0.5
         cfg.latency_clients, cfg.latency_rate, cfg.latency_seconds = 10, 20, 1.5
         cfg.idle_connections = 100
         cfg.history_clients, cfg.history_room_size = 20, 4
@@ -868,6 +876,7 @@ def parse(argv: list[str] | None = None) -> Config:
         cfg.history_readers, cfg.history_seconds, cfg.history_missed = 4, 1.0, 5
         cfg.ingest_clients, cfg.ingest_rate, cfg.ingest_seconds = 20, 100, 2.0
         cfg.ingest_concurrency = 8
+        cfg.pause, cfg.settle_limit = 0.2, 2.0
     if a.runs is not None:
         cfg.runs = a.runs
     for key in ("loadgens", "clients", "room_size", "step_seconds", "idle_connections",

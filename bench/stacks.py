@@ -7,7 +7,10 @@ by name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -176,6 +179,11 @@ class MeshStack(Stack):
         ]
 
     def stop(self) -> None:
+        # SIGTERM every service first so their graceful shutdowns overlap, then wait for each
+        for svc in self.services.values():
+            if svc.popen is not None and svc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(svc.popen.pid, signal.SIGTERM)
         if self._launcher is not None:
             self._launcher.stop_all()
             self._launcher = None

@@ -350,7 +350,11 @@ async function cmdClose() {
   return { closed: true };
 }
 
-const handlers = { connect: cmdConnect, step: cmdStep, sync: cmdSync, http: cmdHttp, close: cmdClose };
+async function cmdStatus() {
+  return { open: clients.filter((c) => c.ws && c.ws.readyState === 1).length };
+}
+
+const handlers = { status: cmdStatus, connect: cmdConnect, step: cmdStep, sync: cmdSync, http: cmdHttp, close: cmdClose };
 
 const rl = readline.createInterface({ input: process.stdin });
 let chain = Promise.resolve();
