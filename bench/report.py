@@ -198,11 +198,14 @@ def table(agg: list[Record], meta: dict[str, Any]) -> str:
                 )
         lines += [
             "",
-            "Every step:",
+            "Every step (CPU % is of one core; the machine has "
+            f"{meta['cores'] * 100}%. Others' CPU % is what the rest of the machine used meanwhile:"
+            " other users' processes and the bench orchestrator):",
             "",
             "| stack | offered msg/s | sent | delivered frames/s | lost | dup | out of order | "
-            "p50 | p95 | p99 | max ms | server CPU % | us/frame | loadgen CPU % / ELU | pass |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "p50 | p95 | p99 | max ms | server CPU % | us/frame | loadgen CPU % / ELU | "
+            "others' CPU % | pass |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in fan:
             bound = " load-bound" if r.get("load_bound") else ""
@@ -212,7 +215,8 @@ def table(agg: list[Record], meta: dict[str, Any]) -> str:
                 f"{_f(r.get('out_of_order'))} | {_fs(r, 'p50_ms', 1)} | {_fs(r, 'p95_ms', 1)} | "
                 f"{_fs(r, 'p99_ms', 1)} | {_fs(r, 'max_ms', 1)} | {_fs(r, 'server_cpu_pct')} | "
                 f"{_fs(r, 'server_cpu_us_per_frame')} | {_f(r.get('loadgen_cpu_pct'))} / "
-                f"{_f(r.get('loadgen_elu'), 2)}{bound} | {_f(r.get('pass'))} |"
+                f"{_f(r.get('loadgen_elu'), 2)}{bound} | {_fs(r, 'other_cpu_pct')} | "
+                f"{_f(r.get('pass'))} |"
             )
         lines += ["", "CPU % and peak RSS of every process at each stack's last step run:", ""]
         for s in stacks:

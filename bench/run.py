@@ -98,6 +98,7 @@ class Sampler:
         self.peak: dict[str, int] = dict.fromkeys(self.procs, 0)
         self._cpu0: dict[str, float] = {}
         self._t0 = 0.0
+        self._machine0: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -118,6 +119,7 @@ class Sampler:
             self._rss()
 
     def start(self) -> Sampler:
+        self._machine0 = psutil.cpu_times()
         self._t0 = time.monotonic()
         self._cpu0 = {n: self._cpu(p) for n, p in self.procs.items()}
         self._rss()
@@ -132,8 +134,12 @@ class Sampler:
         self._rss()
         wall = time.monotonic() - self._t0
         cpu = {n: self._cpu(p) - self._cpu0[n] for n, p in self.procs.items()}
+        m0, m1 = self._machine0, psutil.cpu_times()
+        busy = sum(m1) - sum(m0) - (m1.idle - m0.idle) - (m1.iowait - m0.iowait)
         return {
             "wall_s": wall,
+            # every core of the machine, in % of one core (other users' load shows here)
+            "machine_cpu_pct": 100 * busy / wall,
             "cpu_s": cpu,
             "cpu_pct": {n: 100 * c / wall for n, c in cpu.items()},
             "peak_rss_mb": {n: v / 2**20 for n, v in self.peak.items()},
@@ -167,6 +173,7 @@ class LoadGen:
             start_new_session=True,
         )
         lg = cls(proc)
+        LIVE_LOADGENS.add(proc.pid)
         hello = await lg._read()
         assert hello.get("cmd") == "ready", hello
         return lg
@@ -202,6 +209,7 @@ class LoadGen:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 await self.proc.wait()
+        LIVE_LOADGENS.discard(self.proc.pid)
 
 
 async def start_loadgens(n: int) -> list[LoadGen]:
@@ -359,6 +367,10 @@ async def drive_step(
         "cpu_pct": procs["cpu_pct"],
         "peak_rss_mb": procs["peak_rss_mb"],
         "server_cpu_pct": 100 * server_cpu / procs["wall_s"],
+        "machine_cpu_pct": procs["machine_cpu_pct"],
+        "other_cpu_pct": procs["machine_cpu_pct"]
+        - 100 * server_cpu / procs["wall_s"]
+        - sum(lg_procs["cpu_pct"].values()),
         "server_cpu_us_per_frame": (1e6 * server_cpu / recv) if recv else None,
         "loadgen_cpu_pct": sum(lg_procs["cpu_pct"].values()),
         "loadgen_elu": max(p["elu"] for p in parts),
@@ -489,7 +501,7 @@ async def scenario_idle(cfg: Config, stack: Stack, out: Path) -> list[Record]:
     finally:
         for lg in lgs:
             with contextlib.suppress(Exception):
-                await lg.call("close")
+                await asyncio.wait_for(lg.call("close"), 20)
         await stop_loadgens(lgs)
         await settle(stack, min(30, cfg.settle_limit))
 
@@ -784,6 +796,7 @@ async def run_stack(cfg: Config, stack_key: str, run: int) -> list[Record]:
     records: list[Record] = []
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{stack_key}-"))
     stack = STACKS[stack_key](workdir)
+    LIVE_STACKS.append(stack)
     log(f"run {run + 1}/{cfg.runs}: starting {stack.name}")
     try:
         await asyncio.to_thread(stack.start)
@@ -802,6 +815,7 @@ async def run_stack(cfg: Config, stack_key: str, run: int) -> list[Record]:
             await settle(stack, min(30, cfg.settle_limit))
     finally:
         await asyncio.to_thread(stack.stop)
+        LIVE_STACKS.remove(stack)
         if os.environ.get("BENCH_KEEP_LOGS"):
             log(f"  logs kept in {workdir}/logs")
         else:
@@ -889,8 +903,26 @@ def parse(argv: list[str] | None = None) -> Config:
     return cfg
 
 
+LIVE_STACKS: list[Stack] = []
+LIVE_LOADGENS: set[int] = set()
+
+
+def on_signal(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM: stop everything this run started (by pid), whatever the loop does."""
+    log(f"signal {signum}: stopping the load generators and stacks this run started")
+    for pid in LIVE_LOADGENS:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    for stack in LIVE_STACKS:
+        with contextlib.suppress(Exception):
+            stack.stop()
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(argv)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     raise_nofile()
     random.seed(7)
     try:
