@@ -18,7 +18,7 @@ from mesh.testing import Infra, ServiceLauncher
 @pytest.fixture(scope="module")
 def mesh_procs(infra: Infra) -> Iterator[tuple[Mesh, ServiceLauncher]]:
     """Every service of the mesh started once per test module, stopped by pid afterwards."""
-    launcher = ServiceLauncher(infra)
+    launcher = ServiceLauncher(infra, isolated=True)
     try:
         users = launcher.start("users", "users_service")
         rooms = launcher.start("rooms", "rooms_service")

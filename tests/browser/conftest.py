@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="package")
 def web(infra: Infra) -> Iterator[WebMesh]:
     """users, rooms, history and two edge nodes whose origins the services allow."""
-    launcher = ServiceLauncher(infra)
+    launcher = ServiceLauncher(infra, isolated=True)
     edge_ports = [servers.free_port(), servers.free_port()]
     origins = ",".join(
         f"http://{host}:{port}" for port in edge_ports for host in ("127.0.0.1", "localhost")
@@ -49,7 +49,7 @@ def web(infra: Infra) -> Iterator[WebMesh]:
         edges = []
         for node, port in zip(("wa", "wb"), edge_ports, strict=True):
             name = f"web-edge-{node}"
-            env = infra.env(
+            env = launcher.infra.env(
                 CHAT_PORT=str(port),
                 CHAT_SERVICE_NAME=name,
                 CHAT_NODE_ID=node,
@@ -60,7 +60,7 @@ def web(infra: Infra) -> Iterator[WebMesh]:
                 CHAT_PRESENCE_GRACE_SECONDS="2",
             )
             proc = ServiceProcess(
-                name, "ws_edge", port, env, infra.workdir / "logs" / f"{name}-{port}.log"
+                name, "ws_edge", port, env, launcher.infra.workdir / "logs" / f"{name}-{port}.log"
             )
             launcher.started.append(proc)
             edges.append(proc.start())

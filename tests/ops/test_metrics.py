@@ -26,7 +26,7 @@ class Traced:
 @pytest.fixture(scope="module")
 def traced(infra: Infra) -> Iterator[Traced]:
     """The mesh with DEBUG logs (per-message lines carry the correlation id)."""
-    launcher = ServiceLauncher(infra)
+    launcher = ServiceLauncher(infra, isolated=True)
     debug = {"CHAT_LOG_LEVEL": "DEBUG"}
     try:
         procs = {

@@ -66,7 +66,7 @@ def balanced(infra: Infra) -> Iterator[Balanced]:
     nginx = lb.find_nginx()
     if nginx is None:
         pytest.fail("nginx is not installed: run scripts/install-nginx.sh (make test does)")
-    launcher = ServiceLauncher(infra)
+    launcher = ServiceLauncher(infra, isolated=True)
     workdir = Path(tempfile.mkdtemp(prefix="chat-lb-"))
     proc: servers.Proc | None = None
     try:

@@ -36,13 +36,13 @@ EDGE = {
 @pytest.fixture(scope="package")
 def secure(infra: Infra) -> Iterator[SecureMesh]:
     """users, rooms (at most 5 participants), history and two edges with tight limits."""
-    launcher = ServiceLauncher(infra)
+    launcher = ServiceLauncher(infra, isolated=True)
     try:
         users = launcher.start("sec-users", "users_service", **COMMON)
         rooms = launcher.start("sec-rooms", "rooms_service", CHAT_MAX_PARTICIPANTS="5", **COMMON)
         history = launcher.start("sec-history", "history_service", **COMMON)
         edge_a = launcher.start("sec-edge-a", "ws_edge", CHAT_NODE_ID="sa", **EDGE)
         edge_b = launcher.start("sec-edge-b", "ws_edge", CHAT_NODE_ID="sb", **EDGE)
-        yield SecureMesh(users, rooms, history, [edge_a, edge_b])
+        yield SecureMesh(users, rooms, history, [edge_a, edge_b], launcher.infra.redis_url)
     finally:
         launcher.stop_all()

@@ -28,6 +28,7 @@ class SecureMesh:
     rooms: ServiceProcess
     history: ServiceProcess
     edges: list[ServiceProcess]
+    redis_url: str  # the mesh's own Redis (the launcher is isolated: Infra.fork)
 
     @property
     def mesh(self) -> Mesh:

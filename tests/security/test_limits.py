@@ -84,7 +84,7 @@ async def _count(redis: aioredis.Redis, user_id: str, want: int) -> None:
 async def test_connections_per_user_across_nodes(secure: SecureMesh, infra: Infra) -> None:
     """3 connections (2 nodes) allowed; the 4th, on either node, is refused with 429 + JSON."""
     (alice,) = await users(secure.mesh, "Alice")
-    redis = aioredis.from_url(infra.redis_url)
+    redis = aioredis.from_url(secure.redis_url)
     clients = [await connect(secure.ws_url(i, alice["token"]), alice["id"]) for i in (0, 1, 0)]
     try:
         await _count(redis, alice["id"], 3)

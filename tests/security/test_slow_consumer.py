@@ -37,7 +37,7 @@ async def test_never_reading_client_cut_off_memory_flat(secure: SecureMesh, infr
     a = await connect(secure.ws_url(0, alice["token"]), alice["id"])
     b = await connect(secure.ws_url(1, bob["token"]), bob["id"])
     w = await connect(secure.ws_url(0, watcher["token"]), watcher["id"])
-    redis = aioredis.from_url(infra.redis_url)
+    redis = aioredis.from_url(secure.redis_url)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny window: stalls early
     sock.connect(("127.0.0.1", edge.port))

@@ -135,6 +135,49 @@ class Infra:
         base.update(extra)
         return base
 
+    def fork(self) -> Infra:
+        """A private bus and cache for one mesh: its own NATS (streams provisioned) and Redis
+        as local processes, and its own table prefix on the shared store.
+
+        Meshes started by different test modules would otherwise share queue groups, durable
+        consumers and node ids on one NATS, and answer each other's requests. Stop the fork
+        with `close()`.
+        """
+        from infra.provision import ensure_streams, ensure_tables
+        from infra.settings import CommonSettings
+        from infra.store import open_dynamo
+
+        workdir = Path(tempfile.mkdtemp(prefix="fork-", dir=self.workdir))
+        child = Infra("", "", self.dynamo_url, f"f{secrets.token_hex(4)}_", "local", workdir)
+        try:
+            for name in ("nats", "redis"):
+                child._start_local(name, servers.free_port())
+            child.nats_url = child.procs["nats"].url
+            child.redis_url = child.procs["redis"].url
+            settings = CommonSettings(
+                nats_urls=child.nats_url,
+                redis_url=child.redis_url,
+                dynamo_url=child.dynamo_url,
+                table_prefix=child.table_prefix,
+                env="test",
+            )
+
+            async def provision() -> None:
+                async with open_dynamo(settings) as client:
+                    await ensure_tables(client, child.table_prefix)
+                await ensure_streams(settings)
+
+            asyncio.run(provision())
+        except Exception:
+            child.close()
+            raise
+        return child
+
+    def close(self) -> None:
+        """Stop the local servers this Infra started."""
+        for proc in self.procs.values():
+            proc.stop()
+
     def restart_local(self, name: str) -> servers.Proc:
         """Restart a local server on the same port and data folder (fault tests)."""
         proc = self.procs[name]
@@ -279,8 +322,10 @@ class ServiceProcess:
 class ServiceLauncher:
     """Starts service processes against the session's infrastructure; stops them all after."""
 
-    def __init__(self, infra: Infra) -> None:
-        self.infra = infra
+    def __init__(self, infra: Infra, isolated: bool = False) -> None:
+        # isolated: the mesh gets its own NATS and Redis (see Infra.fork)
+        self.infra = infra.fork() if isolated else infra
+        self._forked = isolated
         self.started: list[ServiceProcess] = []
 
     def start(self, name: str, module: str, **env: str) -> ServiceProcess:
@@ -298,6 +343,8 @@ class ServiceLauncher:
     def stop_all(self) -> None:
         for proc in reversed(self.started):
             proc.stop()
+        if self._forked:
+            self.infra.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from users_service.app import create_app
 from users_service.settings import Settings
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def users_settings(infra: Infra) -> Settings:
     """Settings pointing the users service at the session's NATS and store."""
     return Settings(
@@ -29,7 +29,7 @@ def users_settings(infra: Infra) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def users_app(users_settings: Settings) -> AsyncIterator[FastAPI]:
     """The users app with its lifespan running (connections open, bus responder started)."""
     app = create_app(users_settings)
@@ -37,7 +37,7 @@ async def users_app(users_settings: Settings) -> AsyncIterator[FastAPI]:
         yield app
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def client(users_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client talking to the in-process app."""
     transport = httpx.ASGITransport(app=users_app)
@@ -45,7 +45,7 @@ async def client(users_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tokens(users_settings: Settings) -> TokenService:
     """The same token service the app uses (same secret and issuer)."""
     return TokenService.from_settings(users_settings)
