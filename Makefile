@@ -43,7 +43,7 @@ lint: install
 
 test: install lint browser bench-deps
 	@bash scripts/install-nginx.sh
-	@$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -p no:cacheprovider -m "not faults" $(PYTEST_ARGS)
 
 # The fault suite (tests/faults, docs/reliability.md): real processes killed under traffic, each
 # scenario printing its figures (also appended to data/faults-figures.txt).
