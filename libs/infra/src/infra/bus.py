@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client as NATS
@@ -36,8 +37,15 @@ def adopt(payload: object, headers: dict[str, str] | None = None) -> str | None:
     return cid
 
 
-async def connect_nats(settings: CommonSettings, name: str) -> NATS:
-    """Connect to the configured NATS servers; the client keeps reconnecting on its own."""
+async def connect_nats(
+    settings: CommonSettings,
+    name: str,
+    on_reconnected: Callable[[], Awaitable[None]] | None = None,
+) -> NATS:
+    """Connect to the configured NATS servers; the client keeps reconnecting on its own.
+
+    `on_reconnected` runs after each reconnect (e.g. to catch up on what core NATS subjects
+    carried while this client was away)."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
@@ -47,6 +55,11 @@ async def connect_nats(settings: CommonSettings, name: str) -> NATS:
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
+        if on_reconnected is not None:
+            try:
+                await on_reconnected()
+            except Exception as exc:
+                log.warning("after-reconnect hook failed: %s", exc)
 
     return await nats.connect(
         servers=settings.nats_servers,

@@ -38,7 +38,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nc = await connect_nats(settings, f"ws-edge-{settings.node_id}")
+        async def catch_up() -> None:
+            hub: Hub | None = getattr(app.state, "hub", None)
+            if hub is not None:
+                hub.catch_up_soon()
+
+        nc = await connect_nats(settings, f"ws-edge-{settings.node_id}", catch_up)
         redis = redis_client(settings)
         hub = Hub(
             settings,
