@@ -28,7 +28,7 @@ import websockets
 from contracts import subjects
 from infra.provision import ensure_streams, ensure_tables
 from infra.settings import CommonSettings
-from infra.store import open_dynamo
+from infra.store import open_dynamo_admin
 from mesh import servers
 from mesh.testing import Infra, ServiceLauncher, ServiceProcess
 
@@ -114,7 +114,7 @@ class FaultMesh:
 
     async def provision(self, limit: float = 60.0) -> None:
         settings = self.settings()
-        async with open_dynamo(settings) as client:
+        async with open_dynamo_admin(settings) as client:
             await ensure_tables(client, settings.table_prefix)
         deadline = time.monotonic() + limit
         while True:  # a fresh cluster elects its JetStream meta leader first

@@ -145,7 +145,7 @@ class Infra:
         """
         from infra.provision import ensure_streams, ensure_tables
         from infra.settings import CommonSettings
-        from infra.store import open_dynamo
+        from infra.store import open_dynamo_admin
 
         workdir = Path(tempfile.mkdtemp(prefix="fork-", dir=self.workdir))
         child = Infra("", "", self.dynamo_url, f"f{secrets.token_hex(4)}_", "local", workdir)
@@ -163,7 +163,7 @@ class Infra:
             )
 
             async def provision() -> None:
-                async with open_dynamo(settings) as client:
+                async with open_dynamo_admin(settings) as client:
                     await ensure_tables(client, child.table_prefix)
                 await ensure_streams(settings)
 

@@ -19,7 +19,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from contracts import subjects
 from infra.bus import connect_nats
 from infra.settings import CommonSettings
-from infra.store import DynamoDBClient, open_dynamo
+from infra.store import DynamoDBClient, open_dynamo_admin
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ async def ensure_streams(settings: CommonSettings, replicas: int = 1) -> list[st
 
 
 async def provision(settings: CommonSettings, replicas: int = 1) -> None:
-    async with open_dynamo(settings) as client:
+    async with open_dynamo_admin(settings) as client:
         tables = await ensure_tables(client, settings.table_prefix)
     streams = await ensure_streams(settings, replicas)
     log.info("provisioned: new tables %s, new streams %s", tables, streams)

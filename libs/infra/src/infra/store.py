@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
+from infra.dynamo_http import DynamoHttpClient
 from infra.settings import CommonSettings
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "from_item",
     "is_conditional_failure",
     "open_dynamo",
+    "open_dynamo_admin",
     "to_attr",
     "to_item",
 ]
@@ -37,13 +39,31 @@ __all__ = [
 
 @asynccontextmanager
 async def open_dynamo(settings: CommonSettings) -> AsyncIterator[DynamoDBClient]:
-    """A DynamoDB client with bounded timeouts and retries (the store may restart under us)."""
+    """The data-plane client of the services: `infra.dynamo_http` (same calls and answers as
+    botocore's client, a fraction of its CPU per call), bounded timeouts, retries with backoff
+    on throttling, 5xx and connection errors (the store may restart under us)."""
+    client = DynamoHttpClient(
+        settings.dynamo_url,
+        settings.aws_region,
+        settings.aws_access_key_id,
+        settings.aws_secret_access_key,
+    )
+    try:
+        # It implements the subset of DynamoDBClient the services call (same signatures).
+        yield cast(DynamoDBClient, client)
+    finally:
+        await client.close()
+
+
+@asynccontextmanager
+async def open_dynamo_admin(settings: CommonSettings) -> AsyncIterator[DynamoDBClient]:
+    """aiobotocore's full client, for the control plane (provisioning tables)."""
     session = get_session()
     config = AioConfig(
         connect_timeout=3,
         read_timeout=10,
         retries={"max_attempts": 6, "mode": "standard"},
-        max_pool_connections=64,
+        max_pool_connections=16,
     )
     async with session.create_client(
         "dynamodb",

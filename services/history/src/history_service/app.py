@@ -77,6 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
                     await asyncio.gather(
                         commands.loop.stop(), room_events.loop.stop(), ranges.stop()
                     )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(commands.drain(), 5)
         finally:
             # Everything to keep has been flushed and acked by now; drain() would wait on the
             # pull subscriptions' inboxes, so flush what is left and close.

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -136,14 +137,49 @@ async def _nak(msg: Msg, delay: float) -> None:
         await msg.nak(delay=delay)
 
 
+class CoalescedFlush:
+    """`flush()` returns once everything published before the call reached the bus; callers
+    arriving together share one PING/PONG instead of one round trip each."""
+
+    def __init__(self, flush: Callable[[], Awaitable[None]]) -> None:
+        self._flush = flush
+        self._next: asyncio.Future[None] | None = None
+        self._running = False
+
+    async def __call__(self) -> None:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        waiting = self._next
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._run())
+        await asyncio.shield(waiting)
+
+    async def _run(self) -> None:
+        try:
+            while self._next is not None:
+                # everyone waiting on `current` published before this flush starts
+                current, self._next = self._next, None
+                try:
+                    await self._flush()
+                    current.set_result(None)
+                except Exception as exc:
+                    current.set_exception(exc)
+                    current.exception()  # retrieved: waiters re-raise it
+        finally:
+            self._running = False
+
+
 class CreateMessageConsumer:
     """`chat.cmd.create_message.*` from CHAT_COMMANDS (durable `history-create-message`).
 
-    A batch is grouped by room keeping stream order: rooms run concurrently, each room's
-    commands one after the other (so a connection's messages keep their order). A command is
-    acked only after its store write and the flush of its publishes; a store or rooms outage
-    naks it with a delay (JetStream keeps it; it is applied once when they are back), and the
-    room's later commands in the batch with it, to keep their order.
+    Pipelined: fetched commands go to a per-room queue at once and the next fetch starts, so a
+    command waits for nothing but its own room's earlier commands. Rooms run concurrently, each
+    room's commands one after the other, in stream order (a connection's messages keep their
+    order). At most `max_in_flight` commands are held (backpressure on fetching). A command is
+    acked only after its store write and the flush of its publishes (flushes are shared); a
+    store or rooms outage naks it with a delay (JetStream keeps it; it is applied once when
+    they are back), and the room's queued commands with it, to keep their order.
     """
 
     def __init__(
@@ -152,10 +188,15 @@ class CreateMessageConsumer:
         handler: CreateMessageHandler,
         publisher: EventPublisher,
         options: PullOptions,
+        max_in_flight: int = 2048,
     ) -> None:
         self.handler = handler
         self.publisher = publisher
         self.options = options
+        self._flush = CoalescedFlush(publisher.flush)
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._queues: dict[str, deque[tuple[Msg, CreateMessageCommand]]] = {}
+        self._workers: set[asyncio.Task[None]] = set()
         self.loop = PullLoop(
             js,
             subjects.COMMANDS_STREAM,
@@ -166,7 +207,7 @@ class CreateMessageConsumer:
         )
 
     async def process(self, msgs: list[Msg]) -> None:
-        groups: dict[str, list[tuple[Msg, CreateMessageCommand]]] = {}
+        """Queue a fetched batch per room (returns as soon as there is room in flight)."""
         for msg in msgs:
             try:
                 command = CreateMessageCommand.model_validate_json(msg.data)
@@ -175,43 +216,62 @@ class CreateMessageConsumer:
                 with contextlib.suppress(Exception):
                     await msg.term()
                 continue
-            groups.setdefault(command.roomId, []).append((msg, command))
-        await asyncio.gather(*(self._room(items) for items in groups.values()))
-
-    async def _room(self, items: list[tuple[Msg, CreateMessageCommand]]) -> None:
-        handled: list[Msg] = []
-        blocked = False
-        for msg, command in items:
-            if blocked:
-                await _nak(msg, self.options.nak_delay)
+            await self._slots.acquire()
+            queue = self._queues.get(command.roomId)
+            if queue is not None:
+                queue.append((msg, command))
                 continue
-            adopt(command, msg.headers)
-            started = time.perf_counter()
-            try:
-                await self.handler.handle(command)
-                COMMAND_LATENCY.labels("create_message").observe(time.perf_counter() - started)
-                log.debug("create_message stored", extra={"room_id": command.roomId})
-                handled.append(msg)
-            except Unavailable as exc:
-                log.warning("create_message postponed: %s", exc, extra={"room_id": command.roomId})
-                blocked = True
-                await _nak(msg, self.options.nak_delay)
-            except Exception:
-                log.exception("create_message failed", extra={"room_id": command.roomId})
-                blocked = True
-                await _nak(msg, self.options.nak_delay)
-        if not handled:
-            return
+            self._queues[command.roomId] = deque([(msg, command)])
+            worker = asyncio.get_running_loop().create_task(self._room(command.roomId))
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+
+    async def drain(self) -> None:
+        """Wait until every queued command was handled (shutdown)."""
+        while self._workers:
+            await asyncio.wait(set(self._workers))
+
+    async def _room(self, room_id: str) -> None:
+        queue = self._queues[room_id]
         try:
-            await self.publisher.flush()
-        except Exception as exc:  # events may not have left: redeliver (re-publish is harmless)
-            log.warning("flush failed, commands will be redelivered: %s", exc)
-            for msg in handled:
-                await _nak(msg, self.options.nak_delay)
-            return
-        for msg in handled:
-            with contextlib.suppress(Exception):
-                await msg.ack()
+            while queue:
+                msg, command = queue.popleft()
+                try:
+                    ok = await self._one(msg, command)
+                finally:
+                    self._slots.release()
+                if not ok:
+                    while queue:  # keep the room's order: its later commands come back too
+                        later, _ = queue.popleft()
+                        await _nak(later, self.options.nak_delay)
+                        self._slots.release()
+        finally:
+            del self._queues[room_id]
+
+    async def _one(self, msg: Msg, command: CreateMessageCommand) -> bool:
+        adopt(command, msg.headers)
+        started = time.perf_counter()
+        try:
+            await self.handler.handle(command)
+        except Unavailable as exc:
+            log.warning("create_message postponed: %s", exc, extra={"room_id": command.roomId})
+            await _nak(msg, self.options.nak_delay)
+            return False
+        except Exception:
+            log.exception("create_message failed", extra={"room_id": command.roomId})
+            await _nak(msg, self.options.nak_delay)
+            return False
+        try:
+            await self._flush()
+        except Exception as exc:  # the event may not have left: redeliver (re-publish is harmless)
+            log.warning("flush failed, command will be redelivered: %s", exc)
+            await _nak(msg, self.options.nak_delay)
+            return False
+        COMMAND_LATENCY.labels("create_message").observe(time.perf_counter() - started)
+        log.debug("create_message stored", extra={"room_id": command.roomId})
+        with contextlib.suppress(Exception):
+            await msg.ack()
+        return True
 
 
 class RoomCreatedConsumer:
