@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
                     nak_delay=settings.nak_delay_seconds,
                 )
                 js = nc.jetstream(timeout=10)
-                commands = CreateMessageConsumer(js, handler, publisher, options)
+                commands = CreateMessageConsumer(nc, js, handler, publisher, options)
                 room_events = RoomCreatedConsumer(js, rooms, options)
                 ranges = RangeResponder(nc, store)
                 app.state.store = store

@@ -21,6 +21,7 @@ import orjson
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError
 from pydantic import ValidationError
 
 from contracts import subjects
@@ -50,7 +51,7 @@ from contracts.ws import (
     SyncedFrame,
 )
 from infra.auth import TokenService
-from infra.bus import adopt
+from infra.bus import ContinuousPull, adopt
 from infra.logs import correlation_id, new_correlation_id
 from infra.metrics import COMMAND_LATENCY, WS_FRAMES_IN
 from ws_edge.adapters.bus import EdgeBus
@@ -108,6 +109,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._node_sub: Subscription | None = None
         self._map_dirty = False
+        self._router: ContinuousPull | None = None
         self.stopping = False
         # set by the app: presence announcements, and listeners of the node subject (HTTP sends)
         self.presence: Presence | None = None
@@ -132,6 +134,8 @@ class Hub:
 
     async def stop(self) -> None:
         self.stopping = True
+        if self._router is not None:
+            await self._router.stop()
         for task in self._tasks:
             task.cancel()
         # nats-py's fetch can turn a cancellation into a timeout: the loops also check
@@ -420,14 +424,15 @@ class Hub:
             conn.push(text)
 
     async def _router_loop(self) -> None:
-        """Route RoomCreated to the nodes holding a participant (one edge handles each event)."""
+        """Route RoomCreated to the nodes holding a participant (one edge handles each event:
+        all edges share the durable consumer); each event is handled as soon as it arrives."""
         while not self.stopping:
             try:
-                sub = await self.bus.js.pull_subscribe(
-                    subjects.ROOM_CREATED,
-                    durable=subjects.EDGE_ROOM_ROUTER_CONSUMER,
-                    stream=subjects.EVENTS_STREAM,
+                await self.bus.js.add_consumer(
+                    subjects.EVENTS_STREAM,
                     config=ConsumerConfig(
+                        durable_name=subjects.EDGE_ROOM_ROUTER_CONSUMER,
+                        filter_subject=subjects.ROOM_CREATED,
                         ack_policy=AckPolicy.EXPLICIT,
                         deliver_policy=DeliverPolicy.NEW,
                         ack_wait=10,
@@ -435,22 +440,21 @@ class Hub:
                     ),
                 )
                 break
+            except BadRequestError:
+                break  # exists already (another edge made it)
             except Exception as exc:
                 log.warning("router consumer not ready: %s", exc)
                 await asyncio.sleep(1)
-        while not self.stopping:
-            try:
-                msgs = await sub.fetch(64, timeout=1)
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("router fetch failed: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self._route_room_created(msg)
+        if self.stopping:
+            return
+        self._router = ContinuousPull(
+            self.bus.nc,
+            subjects.EVENTS_STREAM,
+            subjects.EDGE_ROOM_ROUTER_CONSUMER,
+            self._route_room_created,
+            batch=64,
+        )
+        await self._router.start()
 
     async def _route_room_created(self, msg: Msg) -> None:
         try:

@@ -37,7 +37,7 @@ from history_service.handlers import (
     apply_room_created,
     history_range,
 )
-from infra.bus import adopt
+from infra.bus import ContinuousPull, adopt
 from infra.metrics import COMMAND_LATENCY, ConsumerLagPoller
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,40 @@ class PullLoop:
                 log.exception("processing a batch of %s failed", self._durable)
 
 
+class ConsumeLoop:
+    """Like PullLoop, but messages are handed over one by one as they arrive (no fetch
+    barrier): `infra.bus.ContinuousPull` keeps pull requests open on the durable consumer."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        options: PullOptions,
+        on_message: Callable[[Msg], Awaitable[None]],
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._durable = durable
+        self._filter = filter_subject
+        self._options = options
+        self._pull = ContinuousPull(nc, stream, durable, on_message, batch=options.batch * 4)
+        self._lag = ConsumerLagPoller(js.consumer_info, [(stream, durable)])
+
+    async def start(self) -> None:
+        await ensure_consumer(
+            self._js, self._stream, self._durable, self._filter, self._options.ack_wait
+        )
+        await self._pull.start()
+        self._lag.start()
+
+    async def stop(self) -> None:
+        await self._lag.stop()
+        await self._pull.stop()
+
+
 async def _nak(msg: Msg, delay: float) -> None:
     with contextlib.suppress(Exception):
         await msg.nak(delay=delay)
@@ -184,6 +218,7 @@ class CreateMessageConsumer:
 
     def __init__(
         self,
+        nc: NATS,
         js: JetStreamContext,
         handler: CreateMessageHandler,
         publisher: EventPublisher,
@@ -197,14 +232,19 @@ class CreateMessageConsumer:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._queues: dict[str, deque[tuple[Msg, CreateMessageCommand]]] = {}
         self._workers: set[asyncio.Task[None]] = set()
-        self.loop = PullLoop(
+        self.loop = ConsumeLoop(
+            nc,
             js,
             subjects.COMMANDS_STREAM,
             subjects.HISTORY_COMMANDS_CONSUMER,
             subjects.CREATE_MESSAGE_ALL,
             options,
-            self.process,
+            self.accept,
         )
+
+    async def accept(self, msg: Msg) -> None:
+        """One command as it arrives from the bus."""
+        await self.process([msg])
 
     async def process(self, msgs: list[Msg]) -> None:
         """Queue a fetched batch per room (returns as soon as there is room in flight)."""
