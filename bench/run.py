@@ -624,34 +624,39 @@ async def stored_counts(stack: MeshStack, rooms: list[str]) -> dict[str, int]:
 
 
 async def put_ceiling(stack: MeshStack, concurrency: int, seconds: float) -> dict[str, Any]:
-    """The store's own ceiling: single-item conditional PutItems (aiobotocore, same config)."""
+    """The store's own ceiling: single-item conditional PutItems from the services' client."""
     from infra.settings import CommonSettings
-    from infra.store import open_dynamo
+    from infra.store import open_dynamo, open_dynamo_admin
 
     assert stack.infra is not None
     settings = CommonSettings(dynamo_url=stack.infra.dynamo_url, table_prefix="bench_")
     table = "bench_ceiling"
     done = 0
     errors = 0
-    async with open_dynamo(settings) as client:
-        with contextlib.suppress(Exception):
-            await client.create_table(
-                TableName=table,
-                KeySchema=[
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                AttributeDefinitions=[
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "N"},
-                ],
-                BillingMode="PAY_PER_REQUEST",
-            )
-        for _ in range(100):
-            d = await client.describe_table(TableName=table)
-            if d["Table"].get("TableStatus") == "ACTIVE":
-                break
+    async with open_dynamo_admin(settings) as admin:
+        # create (idempotent), then wait until ACTIVE; a slow store may time a call out
+        for _ in range(200):
+            try:
+                d = await admin.describe_table(TableName=table)
+                if d["Table"].get("TableStatus") == "ACTIVE":
+                    break
+            except admin.exceptions.ResourceNotFoundException:
+                with contextlib.suppress(admin.exceptions.ResourceInUseException):
+                    await admin.create_table(
+                        TableName=table,
+                        KeySchema=[
+                            {"AttributeName": "pk", "KeyType": "HASH"},
+                            {"AttributeName": "sk", "KeyType": "RANGE"},
+                        ],
+                        AttributeDefinitions=[
+                            {"AttributeName": "pk", "AttributeType": "S"},
+                            {"AttributeName": "sk", "AttributeType": "N"},
+                        ],
+                        BillingMode="PAY_PER_REQUEST",
+                    )
             await asyncio.sleep(0.1)
+    # the data-plane client the services use (infra.store.open_dynamo)
+    async with open_dynamo(settings) as client:
         body = "x" * 120
         end = time.monotonic() + seconds
 
