@@ -45,3 +45,15 @@ def test_user_bucket_shared_and_released() -> None:
     buckets.release("u")
     assert "u" not in buckets.buckets
     assert buckets.acquire("u", 0.0).take(0.0)
+
+
+def test_recent_buckets_hold_a_rate_across_requests_and_stay_bounded() -> None:
+    """HTTP senders share one bucket per user across requests; old users are dropped."""
+    from ws_edge.domain.limits import RecentBuckets
+
+    buckets = RecentBuckets(capacity=3, rate=1.0, max_users=2)
+    assert [buckets.take("u", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert buckets.take("u", 1.01)
+    buckets.take("v", 1.0)
+    buckets.take("w", 1.0)
+    assert list(buckets.buckets) == ["v", "w"]

@@ -14,7 +14,7 @@ from infra.http import health_router, install_common_middleware, install_error_h
 from infra.metrics import WS_CONNECTIONS, WS_QUEUE_FRAMES, WS_QUEUE_MAX
 from ws_edge.adapters.bus import EdgeBus
 from ws_edge.adapters.connmap import RedisConnectionMap
-from ws_edge.domain.limits import UserBuckets
+from ws_edge.domain.limits import RecentBuckets, UserBuckets
 from ws_edge.entrypoints import http as http_routes
 from ws_edge.entrypoints import rest as rest_routes
 from ws_edge.entrypoints import sse as sse_routes
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.tokens = tokens
     app.state.user_buckets = UserBuckets(settings.user_rate_burst, settings.user_rate_per_second)
+    app.state.http_buckets = RecentBuckets(settings.user_rate_burst, settings.user_rate_per_second)
     install_error_handlers(app)
     install_common_middleware(app, settings.max_body_bytes, settings.cors_origin_list)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 
 
 class TokenBucket:
@@ -66,3 +66,25 @@ class UserBuckets:
             return
         self.refs.pop(user_id, None)
         self.buckets.pop(user_id, None)
+
+
+class RecentBuckets:
+    """Token buckets for callers without a connection (HTTP sends), kept for the most recent
+    `max_users` users (least recently used dropped), so a rate holds across requests and
+    memory stays bounded."""
+
+    def __init__(self, capacity: int, rate: float, max_users: int = 100_000) -> None:
+        self.capacity = capacity
+        self.rate = rate
+        self.max_users = max_users
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, user_id: str, now: float) -> bool:
+        bucket = self.buckets.get(user_id)
+        if bucket is None:
+            bucket = self.buckets[user_id] = TokenBucket(self.capacity, self.rate, now)
+            if len(self.buckets) > self.max_users:
+                self.buckets.popitem(last=False)
+        else:
+            self.buckets.move_to_end(user_id)
+        return bucket.take(now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse
 from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.rest import Message, PresenceEntry, SendMessageRequest
 from infra.http import ERROR_RESPONSES, CurrentUserId
+from ws_edge.domain.limits import RecentBuckets
 from ws_edge.http_send import HttpSender
 from ws_edge.presence import Presence
 
@@ -38,6 +40,7 @@ MAX_PRESENCE_USERS = 200
         403: {"model": ErrorBody, "description": "`not_participant` or `sender_mismatch`"},
         404: {"model": ErrorBody, "description": "`unknown_room`"},
         409: {"model": ErrorBody, "description": "`conflict`"},
+        429: {"model": ErrorBody, "description": "`rate_limited` (the per-user token bucket)"},
         503: {"model": ErrorBody, "description": "a service did not answer; retry"},
     },
 )
@@ -45,6 +48,9 @@ async def send_message(
     room_id: str, body: SendMessageRequest, request: Request, user_id: CurrentUserId
 ) -> Message | JSONResponse:
     sender: HttpSender = request.app.state.http_sender
+    buckets: RecentBuckets = request.app.state.http_buckets
+    if not buckets.take(user_id, time.monotonic()):
+        raise ChatError(ErrorCode.RATE_LIMITED, "too many messages; slow down", 429)
     try:
         stored = await sender.send(user_id, room_id, body)
     except TimeoutError:
