@@ -572,6 +572,12 @@ class Figures:
             text += " (" + "; ".join(self.notes) + ")"
         return text
 
+    def report_clean(self) -> None:
+        """Print and record the figures, then check the suite's rule: nothing lost or doubled."""
+        self.report()
+        assert self.lost == 0, self.line()
+        assert self.duplicated == 0, self.line()
+
     def report(self) -> None:
         line = self.line()
         print("\n" + line, flush=True)

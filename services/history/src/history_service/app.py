@@ -55,13 +55,12 @@ def create_app(settings: Settings) -> FastAPI:
                 handler = CreateMessageHandler(writer, rooms, publisher)
                 options = PullOptions(
                     batch=settings.commands_batch,
-                    fetch_timeout=settings.commands_fetch_timeout_seconds,
                     ack_wait=settings.commands_ack_wait_seconds,
                     nak_delay=settings.nak_delay_seconds,
                 )
                 js = nc.jetstream(timeout=10)
                 commands = CreateMessageConsumer(nc, js, handler, publisher, options)
-                room_events = RoomCreatedConsumer(js, rooms, options)
+                room_events = RoomCreatedConsumer(nc, js, rooms, options)
                 ranges = RangeResponder(nc, store)
                 app.state.store = store
                 app.state.rooms = rooms

@@ -15,7 +15,6 @@ class Settings(CommonSettings):
 
     # create_message commands (JetStream pull consumer)
     commands_batch: int = Field(default=64, ge=1, le=1000)
-    commands_fetch_timeout_seconds: float = Field(default=1.0, gt=0)
     commands_ack_wait_seconds: float = Field(default=30.0, gt=0)
     nak_delay_seconds: float = Field(default=2.0, ge=0)
     # read-model miss: ask rooms

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PullOptions:
     batch: int = 64
-    fetch_timeout: float = 1.0
     ack_wait: float = 30.0
     nak_delay: float = 2.0
 
@@ -71,70 +69,10 @@ async def ensure_consumer(
         log.warning("consumer %s kept as is: %s", durable, exc)
 
 
-class PullLoop:
-    """Fetches batches from a durable pull consumer and hands them to `process` until stopped."""
-
-    def __init__(
-        self,
-        js: JetStreamContext,
-        stream: str,
-        durable: str,
-        filter_subject: str,
-        options: PullOptions,
-        process: Callable[[list[Msg]], Awaitable[None]],
-    ) -> None:
-        self._js = js
-        self._stream = stream
-        self._durable = durable
-        self._filter = filter_subject
-        self._options = options
-        self._process = process
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        # the consumer's lag (num_pending) and unacked count, as Prometheus gauges
-        self._lag = ConsumerLagPoller(js.consumer_info, [(stream, durable)])
-
-    async def start(self) -> None:
-        await ensure_consumer(
-            self._js, self._stream, self._durable, self._filter, self._options.ack_wait
-        )
-        sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
-        self._task = asyncio.create_task(self._run(sub), name=f"pull:{self._durable}")
-        self._lag.start()
-
-    async def stop(self) -> None:
-        """Finish the batch in hand, then stop fetching."""
-        self._stopping = True
-        await self._lag.stop()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-
-    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        while not self._stopping:
-            try:
-                msgs = await sub.fetch(self._options.batch, timeout=self._options.fetch_timeout)
-            except (NatsTimeoutError, TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("fetch from %s failed: %s", self._durable, exc)
-                await asyncio.sleep(0.5)
-                continue
-            try:
-                await self._process(msgs)
-            except Exception:  # never let the loop die; unacked messages come back
-                log.exception("processing a batch of %s failed", self._durable)
-
-
 class ConsumeLoop:
-    """Like PullLoop, but messages are handed over one by one as they arrive (no fetch
-    barrier): `infra.bus.ContinuousPull` keeps pull requests open on the durable consumer."""
+    """A durable pull consumer (created if missing) whose messages are handed over one by one
+    as they arrive (no fetch barrier): `infra.bus.ContinuousPull` keeps pull requests open.
+    Its lag (num_pending) and unacked count are exported as Prometheus gauges."""
 
     def __init__(
         self,
@@ -317,17 +255,24 @@ class CreateMessageConsumer:
 class RoomCreatedConsumer:
     """`chat.evt.room_created` from CHAT_EVENTS (durable `history-room-created`) -> read model."""
 
-    def __init__(self, js: JetStreamContext, rooms: RoomAccess, options: PullOptions) -> None:
+    def __init__(
+        self, nc: NATS, js: JetStreamContext, rooms: RoomAccess, options: PullOptions
+    ) -> None:
         self.rooms = rooms
         self.options = options
-        self.loop = PullLoop(
+        self.loop = ConsumeLoop(
+            nc,
             js,
             subjects.EVENTS_STREAM,
             subjects.HISTORY_ROOMS_CONSUMER,
             subjects.ROOM_CREATED,
             options,
-            self.process,
+            self.accept,
         )
+
+    async def accept(self, msg: Msg) -> None:
+        """One RoomCreated as it arrives from the bus."""
+        await self.process([msg])
 
     async def process(self, msgs: list[Msg]) -> None:
         for msg in msgs:
