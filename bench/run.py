@@ -1,7 +1,7 @@
 """`make bench`: the same load at this project's mesh, python-socketio and Node socket.io.
 
 For each run and stack: start the stack on free loopback ports, run the scenarios (idle,
-latency, fan-out ladder, history, ingest), stop it by pid. Writes `bench/results/`:
+latency, fan-out ladder, linear cost, history, ingest), stop it by pid. Writes `bench/results/`:
 `results.jsonl` (every figure of every run, then the medians), `table.md`, `*.png` and, with
 `--profile`, py-spy flame graphs of every Python service during fan-out.
 """
@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from stacks import STACKS, MeshStack, Stack
 
 BENCH = Path(__file__).resolve().parent
 LOADGEN = BENCH / "loadgen" / "loadgen.js"
-SCENARIOS = ("idle", "latency", "fanout", "history", "ingest")
+SCENARIOS = ("idle", "latency", "fanout", "linear", "history", "ingest")
 MESH_ONLY = {"history", "ingest"}
 
 Record = dict[str, Any]
@@ -50,6 +50,7 @@ class Config:
     runs: int = 3
     out: Path = BENCH / "results"
     profile: bool = False
+    profile_format: str = "flamegraph"
     quick: bool = False
     loadgens: int = 1
     pause: float = 1.0  # seconds of quiet after connecting, x3 before measuring idle RSS
@@ -63,6 +64,10 @@ class Config:
     warmup_seconds: float = 3.0
     max_loss: int = 0
     max_p99_ms: float = 100.0
+    # linear cost: fan-out at a fixed per-client rate, base population, then doubled
+    linear_clients: int = 500
+    linear_room_size: int = 10  # even: the rooms-doubled shape uses rooms of half this size
+    linear_rate: float = 0.5  # msg/s per client
     # latency
     latency_clients: int = 100
     latency_rate: float = 100.0
@@ -366,6 +371,7 @@ async def drive_step(
         "max_ms": max(p["maxMs"] for p in parts),
         "cpu_pct": procs["cpu_pct"],
         "peak_rss_mb": procs["peak_rss_mb"],
+        "server_cpu_s": server_cpu,
         "server_cpu_pct": 100 * server_cpu / procs["wall_s"],
         "machine_cpu_pct": procs["machine_cpu_pct"],
         "other_cpu_pct": procs["machine_cpu_pct"]
@@ -400,52 +406,146 @@ async def settle(stack: Stack, limit_s: float = 60.0) -> None:
 # ---- scenarios -----------------------------------------------------------------------------
 
 
-async def scenario_fanout(cfg: Config, stack: Stack, out: Path) -> list[Record]:
-    pop = await population(stack, cfg.clients, cfg.room_size, "fan")
+@contextlib.asynccontextmanager
+async def fanout_clients(
+    cfg: Config, stack: Stack, clients: int, room_size: int, tag: str
+) -> AsyncIterator[tuple[Population, list[LoadGen]]]:
+    """Fan-out-shaped clients connected and warmed up (`cfg.loadgens` processes), then closed.
+
+    The setup every fan-out measurement shares: `clients` clients in rooms of `room_size`
+    (members alternating over the two nodes), every one sending, connected, then an unrecorded
+    warm-up of about one message per room per second and a wait until the stack is idle.
+    """
+    pop = await population(stack, clients, room_size, tag)
     lgs = await start_loadgens(cfg.loadgens)
-    profilers: list[tuple[str, subprocess.Popen[bytes]]] = []
-    records: list[Record] = []
     try:
         conn = await connect_all(lgs, pop.specs)
         if conn["failed"]:
-            raise RuntimeError(
-                f"fan-out: {conn['failed']} clients failed to connect: {conn['why']}"
-            )
+            raise RuntimeError(f"{tag}: {conn['failed']} clients failed to connect: {conn['why']}")
         await asyncio.sleep(cfg.pause)
         # warm-up, not recorded: about one message per room (caches, read models, JIT)
         await drive_step(cfg, stack, lgs, pop, 999, len(pop.members), cfg.warmup_seconds)
         await settle(stack, min(10, cfg.settle_limit))
-        if cfg.profile:
-            profilers = start_profilers(stack, out)
-        for i, rate in enumerate(cfg.rates):
-            rec = await drive_step(cfg, stack, lgs, pop, i, rate, cfg.step_seconds)
-            rec.update(clients=cfg.clients, room_size=cfg.room_size)
-            records.append(rec)
-            log(
-                f"  {stack.name} fan-out {rate:>6} msg/s: {rec['delivered_fps']:.0f} frames/s, "
-                f"lost {rec['lost']}, p99 {fmt(rec['p99_ms'])} ms, server CPU "
-                f"{rec['server_cpu_pct']:.0f}%, loadgen ELU {rec['loadgen_elu']:.2f}"
-                + ("" if rec["pass"] else "  -> failed, leaving the ladder")
-            )
-            if not rec["pass"]:
-                break
-            await settle(stack, min(10, cfg.settle_limit))
-        # a stack failing the first step: halve the rate until a step passes, so it has a best
-        low = cfg.rates[0] / 2
-        while records and not any(r["pass"] for r in records) and low >= cfg.rates[0] / 16:
-            await settle(stack, min(30, cfg.settle_limit))
-            rec = await drive_step(cfg, stack, lgs, pop, len(records), low, cfg.step_seconds)
-            rec.update(clients=cfg.clients, room_size=cfg.room_size)
-            records.append(rec)
-            log(
-                f"  {stack.name} fan-out {low:>6.0f} msg/s (below the ladder): "
-                f"{rec['delivered_fps']:.0f} frames/s, lost {rec['lost']}, "
-                f"p99 {fmt(rec['p99_ms'])} ms, server CPU {rec['server_cpu_pct']:.0f}%"
-            )
-            low /= 2
+        yield pop, lgs
     finally:
-        stop_profilers(profilers)
         await stop_loadgens(lgs)
+
+
+def step_summary(rec: Record) -> str:
+    """The log line's figures of a fan-out step."""
+    return (
+        f"{rec['delivered_fps']:.0f} frames/s, lost {rec['lost']}, dup {rec['duplicated']}, "
+        f"p99 {fmt(rec['p99_ms'])} ms, server CPU {rec['server_cpu_pct']:.0f}% "
+        f"({rec['server_cpu_s']:.1f} s), others {rec['other_cpu_pct']:.0f}%, "
+        f"loadgen ELU {rec['loadgen_elu']:.2f}"
+    )
+
+
+async def scenario_fanout(cfg: Config, stack: Stack, out: Path) -> list[Record]:
+    profilers: list[tuple[str, subprocess.Popen[bytes]]] = []
+    records: list[Record] = []
+    async with fanout_clients(cfg, stack, cfg.clients, cfg.room_size, "fan") as (pop, lgs):
+        try:
+            if cfg.profile:
+                profilers = start_profilers(stack, out, cfg.profile_format)
+            for i, rate in enumerate(cfg.rates):
+                rec = await drive_step(cfg, stack, lgs, pop, i, rate, cfg.step_seconds)
+                rec.update(clients=cfg.clients, room_size=cfg.room_size)
+                records.append(rec)
+                log(
+                    f"  {stack.name} fan-out {rate:>6} msg/s: {step_summary(rec)}"
+                    + ("" if rec["pass"] else "  -> failed, leaving the ladder")
+                )
+                if not rec["pass"]:
+                    break
+                await settle(stack, min(10, cfg.settle_limit))
+            # a stack failing the first step: halve the rate until a step passes, so it has a best
+            low = cfg.rates[0] / 2
+            while records and not any(r["pass"] for r in records) and low >= cfg.rates[0] / 16:
+                await settle(stack, min(30, cfg.settle_limit))
+                rec = await drive_step(cfg, stack, lgs, pop, len(records), low, cfg.step_seconds)
+                rec.update(clients=cfg.clients, room_size=cfg.room_size)
+                records.append(rec)
+                log(
+                    f"  {stack.name} fan-out {low:>6.0f} msg/s (below the ladder): "
+                    + step_summary(rec)
+                )
+                low /= 2
+        finally:
+            stop_profilers(profilers)
+    return records
+
+
+LINEAR_LIMIT = 2.0  # the issue: doubling clients or rooms at most doubles CPU
+
+
+def linear_shapes(cfg: Config) -> list[tuple[str, int, int]]:
+    """(shape, clients, room size): the base, clients doubled, rooms doubled at those clients."""
+    c, size = cfg.linear_clients, cfg.linear_room_size
+    return [("base", c, size), ("clients_x2", 2 * c, size), ("rooms_x2", 2 * c, size // 2)]
+
+
+def linear_ratios(base: Record, doubled: Record) -> Record:
+    """CPU of the doubled shape over its base (equal windows: step + drain), frames beside it."""
+    cpu = doubled["server_cpu_s"] / base["server_cpu_s"] if base["server_cpu_s"] else None
+    fps = doubled["delivered_fps"] / base["delivered_fps"] if base["delivered_fps"] else None
+    return {
+        "cpu_ratio": cpu,
+        "frames_ratio": fps,
+        "sent_ratio": doubled["sent"] / base["sent"] if base["sent"] else None,
+        "us_per_frame_ratio": (
+            doubled["server_cpu_us_per_frame"] / base["server_cpu_us_per_frame"]
+            if doubled["server_cpu_us_per_frame"] and base["server_cpu_us_per_frame"]
+            else None
+        ),
+        "linear": cpu is not None and cpu <= LINEAR_LIMIT,
+        # a ratio means something only when neither step was saturated or lossy
+        "valid": bool(base["pass"] and doubled["pass"])
+        and not (base["load_bound"] or doubled["load_bound"]),
+    }
+
+
+async def scenario_linear(cfg: Config, stack: Stack, out: Path) -> list[Record]:
+    """Cost grows linearly: the same per-client rate at a base population and doubled ones.
+
+    Each shape is its own fan-out population (connected, warmed up, one step of
+    `cfg.step_seconds`, closed). "Rooms doubled" keeps the doubled client count and halves the
+    room size: twice the rooms, the same messages per second, half the frames.
+    """
+    records: list[Record] = []
+    for i, (shape, clients, room_size) in enumerate(linear_shapes(cfg)):
+        rate = cfg.linear_rate * clients
+        async with fanout_clients(cfg, stack, clients, room_size, f"lin{i}") as (pop, lgs):
+            rec = await drive_step(cfg, stack, lgs, pop, i, rate, cfg.step_seconds)
+        rec.update(
+            kind="shape",
+            shape=shape,
+            clients=len(pop.specs),
+            room_size=room_size,
+            rooms=len(pop.members),
+            per_client_rate=cfg.linear_rate,
+        )
+        records.append(rec)
+        log(
+            f"  {stack.name} linear {shape}: {len(pop.specs)} clients in {len(pop.members)} "
+            f"rooms of {room_size}, {rate:.0f} msg/s: {step_summary(rec)}"
+        )
+        await settle(stack, min(30, cfg.settle_limit))
+    base, clients_x2, rooms_x2 = records
+    ratios: Record = {"kind": "ratios", "shape": "ratios", "per_client_rate": cfg.linear_rate}
+    for name, r in (
+        ("clients", linear_ratios(base, clients_x2)),
+        ("rooms", linear_ratios(clients_x2, rooms_x2)),
+    ):
+        ratios.update({f"{name}_{k}": v for k, v in r.items()})
+        log(
+            f"  {stack.name} linear {name} doubled: CPU x{fmt2(r['cpu_ratio'])}, frames "
+            f"x{fmt2(r['frames_ratio'])}: "
+            + ("<=" if r["linear"] else ">")
+            + f" {LINEAR_LIMIT}"
+            + ("" if r["valid"] else " (not valid: a step failed or was load-bound)")
+        )
+    records.append(ratios)
     return records
 
 
@@ -752,6 +852,7 @@ RUNNERS: dict[str, Callable[[Config, Stack, Path], Awaitable[list[Record]]]] = {
     "idle": scenario_idle,
     "latency": scenario_latency,
     "fanout": scenario_fanout,
+    "linear": scenario_linear,
     "history": scenario_history,
     "ingest": scenario_ingest,
 }
@@ -760,15 +861,18 @@ RUNNERS: dict[str, Callable[[Config, Stack, Path], Awaitable[list[Record]]]] = {
 # ---- profiles ------------------------------------------------------------------------------
 
 
-def start_profilers(stack: Stack, out: Path) -> list[tuple[str, subprocess.Popen[bytes]]]:
+def start_profilers(
+    stack: Stack, out: Path, fmt: str = "flamegraph"
+) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """py-spy on every Python process: SVG flame graphs, or collapsed stacks (`raw`) to grep."""
     pyspy = Path(sys.executable).parent / "py-spy"
     folder = out / "profiles"
     folder.mkdir(parents=True, exist_ok=True)
     started = []
     for name in stack.python_processes:
-        svg = folder / f"{stack.name}-{name}.svg"
+        target = folder / f"{stack.name}-{name}.{'svg' if fmt == 'flamegraph' else 'txt'}"
         argv = [str(pyspy), "record", "--pid", str(stack.pids[name]), "--rate", "50",
-                "--nonblocking", "--format", "flamegraph", "-o", str(svg)]  # fmt: skip
+                "--nonblocking", "--format", fmt, "-o", str(target)]  # fmt: skip
         started.append(
             (name, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         )
@@ -798,6 +902,10 @@ def log(text: str) -> None:
 
 def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
+
+
+def fmt2(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def raise_nofile() -> None:
@@ -866,6 +974,12 @@ def parse(argv: list[str] | None = None) -> Config:
     ap.add_argument("--quick", action="store_true", help="1 run, short steps")
     ap.add_argument("--smoke", action="store_true", help="seconds per stack, tiny load (tests)")
     ap.add_argument("--profile", action="store_true", help="py-spy flame graphs during fan-out")
+    ap.add_argument(
+        "--profile-format",
+        choices=("flamegraph", "raw", "speedscope"),
+        default="flamegraph",
+        help="py-spy output: SVG flame graphs, or collapsed stacks to read as text",
+    )
     ap.add_argument("--loadgens", type=int, help="load-generator processes for fan-out")
     ap.add_argument("--clients", type=int)
     ap.add_argument("--room-size", type=int)
@@ -876,12 +990,16 @@ def parse(argv: list[str] | None = None) -> Config:
     ap.add_argument("--history-seconds", type=float)
     ap.add_argument("--ingest-seconds", type=float)
     ap.add_argument("--ingest-rate", type=float)
+    ap.add_argument("--linear-clients", type=int, help="linear: base clients (doubled: 2x)")
+    ap.add_argument("--linear-room-size", type=int, help="linear: room size (even)")
+    ap.add_argument("--linear-rate", type=float, help="linear: msg/s sent by each client")
     a = ap.parse_args(argv)
     cfg = Config(
         stacks=[s for s in a.stacks.split(",") if s],
         scenarios=[s for s in a.scenarios.split(",") if s],
         out=a.out,
         profile=a.profile,
+        profile_format=a.profile_format,
         quick=a.quick or a.smoke,
     )
     for s in cfg.stacks:
@@ -908,14 +1026,20 @@ def parse(argv: list[str] | None = None) -> Config:
         cfg.history_readers, cfg.history_seconds, cfg.history_missed = 4, 1.0, 5
         cfg.ingest_clients, cfg.ingest_rate, cfg.ingest_seconds = 20, 100, 2.0
         cfg.ingest_concurrency = 8
+        cfg.linear_clients, cfg.linear_room_size, cfg.linear_rate = 8, 4, 2.0
         cfg.pause, cfg.settle_limit = 0.2, 2.0
     if a.runs is not None:
         cfg.runs = a.runs
     for key in ("loadgens", "clients", "room_size", "step_seconds", "idle_connections",
-                "latency_seconds", "history_seconds", "ingest_seconds", "ingest_rate"):  # fmt: skip
+                "latency_seconds", "history_seconds", "ingest_seconds", "ingest_rate",
+                "linear_clients", "linear_room_size", "linear_rate"):  # fmt: skip
         v = getattr(a, key)
         if v is not None:
             setattr(cfg, key, v)
+    if cfg.linear_room_size < 2 or cfg.linear_room_size % 2:
+        ap.error("--linear-room-size must be even (rooms doubled = rooms of half that size)")
+    if cfg.linear_clients < cfg.linear_room_size or cfg.linear_clients % cfg.linear_room_size:
+        ap.error("--linear-clients must be a multiple of --linear-room-size")
     if a.rates:
         cfg.rates = [int(r) for r in a.rates.split(",")]
     return cfg

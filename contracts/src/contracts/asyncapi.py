@@ -119,8 +119,8 @@ CHANNELS: tuple[Channel, ...] = (
     Channel(
         "messageCreated",
         _param(subjects.MESSAGE_CREATED_PREFIX, "roomId"),
-        f"Event, captured by stream `{subjects.EVENTS_STREAM}`, published after the durable "
-        "store write. An edge node subscribes to a room's subject only while it holds a "
+        "Event on core NATS (not captured by a stream: the store is the record), published "
+        "after the durable store write. An edge node subscribes to a room's subject only while it holds a "
         "connection of one of its participants.",
         (bus.MessageCreated,),
         (
@@ -341,7 +341,7 @@ def build() -> dict[str, Any]:
                 "`schemaVersion` and an optional `correlationId` (the client's requestId or "
                 "a generated id, logged by every service that handles it). JetStream streams: "
                 f"`{subjects.COMMANDS_STREAM}` ({subjects.CREATE_MESSAGE_ALL}, work queue) and "
-                f"`{subjects.EVENTS_STREAM}` ({subjects.EVENTS_ALL})."
+                f"`{subjects.EVENTS_STREAM}` ({', '.join(subjects.CAPTURED_EVENTS)})."
             ),
         },
         "defaultContentType": "application/json",

@@ -19,6 +19,10 @@ ROOM_CREATED = f"{PREFIX}.evt.room_created"
 MESSAGE_CREATED_PREFIX = f"{PREFIX}.evt.message_created"  # .<roomId>: edges subscribe per room
 MESSAGE_CREATED_ALL = f"{MESSAGE_CREATED_PREFIX}.>"
 EVENTS_ALL = f"{PREFIX}.evt.>"
+# What EVENTS_STREAM keeps: the events read models are built from. MessageCreated is not kept:
+# the store is the record of messages (edges fill gaps and sync from history), and storing
+# every message a second time in JetStream cost the bus a third of its CPU per message.
+CAPTURED_EVENTS = (USER_CREATED, ROOM_CREATED)
 # Presence changes (core NATS, not captured): every edge node listens and pushes `presence`
 # frames to its local connections that share one of the user's rooms
 PRESENCE_CHANGED = f"{PREFIX}.presence.changed"

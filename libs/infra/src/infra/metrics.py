@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -87,9 +88,15 @@ def error_code(text: str) -> str:
     return text[start + 8 : end] if 0 < end - start < 60 else "unknown"
 
 
+_FRAMES_OUT_BY_TYPE: dict[str, Any] = {}  # labels() takes a lock and builds a key per call
+
+
 def count_frame_out(text: str) -> None:
     kind = frame_type(text)
-    WS_FRAMES_OUT.labels(kind).inc()
+    child = _FRAMES_OUT_BY_TYPE.get(kind)
+    if child is None:  # server frame types only: a handful of entries
+        child = _FRAMES_OUT_BY_TYPE[kind] = WS_FRAMES_OUT.labels(kind)
+    child.inc()
     if kind == "error":
         count_error(error_code(text))
 

@@ -59,10 +59,10 @@ STREAMS: tuple[StreamSpec, ...] = (
     ),
     StreamSpec(
         subjects.EVENTS_STREAM,
-        (subjects.EVENTS_ALL,),
+        subjects.CAPTURED_EVENTS,
         RetentionPolicy.LIMITS,
         3 * 24 * 3600,
-        "every domain event, for the read models' durable consumers and replay",
+        "user and room events, for the read models' durable consumers and replay",
     ),
 )
 

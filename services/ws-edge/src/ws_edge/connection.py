@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from infra.auth import Claims
 from infra.metrics import count_frame_out
+from ws_edge.adapters.direct_ws import text_frame
 from ws_edge.domain.delivery import SentSet
 from ws_edge.domain.limits import AbuseMeter, TokenBucket
 
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 SendText = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
+# writes a prebuilt WebSocket frame at once; False when it cannot (then the queue is used)
+WriteFrame = Callable[[bytes], bool]
 
 
 @dataclass
@@ -41,12 +44,15 @@ class Connection:
         queue_size: int,
         bucket: TokenBucket,
         abuse: AbuseMeter,
+        write_frame: WriteFrame | None = None,
     ) -> None:
         self.id = "c" + secrets.token_hex(8)
         self.claims = claims
         self.user_id = claims.user_id
         self._send_text = send_text
         self._close = close
+        self._write_frame = write_frame
+        self._writing = False  # the writer holds a frame it has taken from the queue
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=queue_size)
         self.bucket = bucket
         self.abuse = abuse
@@ -68,10 +74,23 @@ class Connection:
     def start(self) -> None:
         self.writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
 
-    def push(self, text: str) -> bool:
-        """Queue a frame; a client whose queue is full is too slow and is disconnected (4408)."""
+    def push(self, text: str, wire: bytes | None = None) -> bool:
+        """Send a frame: written at once when nothing is waiting before it, else queued.
+
+        `wire` is the text's WebSocket frame when the caller built it once for many sockets.
+        A client whose queue is full is too slow and is disconnected (4408).
+        """
         if self.closed:
             return False
+        write = self._write_frame
+        if (
+            write is not None
+            and not self._writing
+            and self.queue.empty()
+            and write(wire if wire is not None else text_frame(text.encode()))
+        ):
+            count_frame_out(text)
+            return True
         try:
             self.queue.put_nowait(text)
             count_frame_out(text)
@@ -108,7 +127,9 @@ class Connection:
                 text = await self.queue.get()
                 if text is None:
                     return
+                self._writing = True
                 await self._send_text(text)
+                self._writing = False
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -56,6 +56,7 @@ from infra.logs import correlation_id, new_correlation_id
 from infra.metrics import COMMAND_LATENCY, WS_FRAMES_IN
 from ws_edge.adapters.bus import EdgeBus
 from ws_edge.adapters.connmap import RedisConnectionMap
+from ws_edge.adapters.direct_ws import text_frame
 from ws_edge.connection import Connection
 from ws_edge.domain.delivery import RoomOrder
 from ws_edge.domain.frames import error_frame
@@ -341,14 +342,18 @@ class Hub:
     def _release(self, feed: RoomFeed, messages: list[Message]) -> None:
         for message in messages:
             text = encode(MessageCreatedFrame(message=message))
+            frame = text_frame(text.encode())  # the same bytes for every socket
             origin = feed.origins.pop(message.seq, None)
             for conn in feed.members:
-                out = text
                 if origin is not None and origin.conn == conn.id and origin.requestId:
-                    out = encode(MessageCreatedFrame(message=message, requestId=origin.requestId))
-                self._send_message(conn, message.roomId, message.seq, out)
+                    answer = MessageCreatedFrame(message=message, requestId=origin.requestId)
+                    self._send_message(conn, message.roomId, message.seq, encode(answer))
+                else:
+                    self._send_message(conn, message.roomId, message.seq, text, frame)
 
-    def _send_message(self, conn: Connection, room_id: str, seq: int, text: str) -> None:
+    def _send_message(
+        self, conn: Connection, room_id: str, seq: int, text: str, frame: bytes | None = None
+    ) -> None:
         view = conn.view(room_id)
         if seq in view.sent:
             return
@@ -356,7 +361,7 @@ class Hub:
             view.held.append((seq, text))
             return
         view.sent.add(seq)
-        conn.push(text)
+        conn.push(text, frame)
 
     # --- node subject: rejections, direct answers, user-targeted frames -----------------------
 

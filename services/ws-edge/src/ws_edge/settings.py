@@ -28,6 +28,9 @@ class Settings(CommonSettings):
     abuse_window_seconds: float = Field(default=10.0, gt=0)
     # frames waiting for a slow client before it is disconnected with 4408
     send_queue_frames: int = Field(default=1024, ge=8)
+    # write frames straight to the socket's transport while nothing is queued for it (built
+    # once per message for every recipient); off = every frame through the ASGI send
+    ws_direct_writes: bool = True
     # a server close not taken by the peer within this time drops the socket (no close frame)
     close_timeout_seconds: float = Field(default=5.0, gt=0)
     # per user across every edge node (the Redis connection map), checked at the handshake

@@ -59,7 +59,7 @@ class SseConnection(Connection):
             out[room_id] = list(view.sent.spans) if view is not None else []
         return out
 
-    def push(self, text: str) -> bool:
+    def push(self, text: str, wire: bytes | None = None) -> bool:
         try:
             frame = orjson.loads(text)
             kind = str(frame.get("type", "message"))

@@ -26,7 +26,8 @@ class EventPublisher(Protocol):
 
 
 class NatsPublisher:
-    """`EventPublisher` on core NATS (the CHAT_EVENTS stream captures `chat.evt.>`)."""
+    """`EventPublisher` on core NATS (MessageCreated is not captured by a stream: see
+    contracts.subjects.CAPTURED_EVENTS)."""
 
     def __init__(self, nc: NATS, flush_timeout: float = 5.0) -> None:
         self._nc = nc

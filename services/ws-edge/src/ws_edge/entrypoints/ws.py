@@ -13,7 +13,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.ws import ErrorFrame
-from ws_edge.connection import Connection
+from ws_edge.adapters.direct_ws import DirectWriter
+from ws_edge.connection import Connection, WriteFrame
 from ws_edge.domain.frames import error_frame, parse_client_frame
 from ws_edge.domain.limits import AbuseMeter, TokenBucket, UserBuckets
 from ws_edge.domain.origin import origin_allowed
@@ -79,6 +80,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         settings.send_queue_frames,
         TokenBucket(settings.rate_burst, settings.rate_per_second, now),
         AbuseMeter(settings.abuse_refusals, settings.abuse_window_seconds),
+        _direct_writer(websocket, settings),
     )
     conn.start()
     try:
@@ -103,6 +105,14 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         with contextlib.suppress(Exception):
             if conn.close_code is None:
                 await websocket.close()
+
+
+def _direct_writer(websocket: WebSocket, settings: Settings) -> WriteFrame | None:
+    """Frames straight to uvicorn's transport when possible (see adapters.direct_ws)."""
+    if not settings.ws_direct_writes:
+        return None
+    writer = DirectWriter.attach(websocket._receive)
+    return writer.write if writer is not None else None
 
 
 def _abort_transport(websocket: WebSocket) -> None:

@@ -1,0 +1,151 @@
+"""Frames written straight to the transport: byte-exact framing, order kept with the queue,
+and attachment to the real uvicorn protocol the edge runs on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+import uvicorn
+import websockets
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from infra.auth import Claims
+from mesh.servers import free_port
+from ws_edge.adapters.direct_ws import DirectWriter, text_frame
+from ws_edge.connection import Connection
+from ws_edge.domain.limits import AbuseMeter, TokenBucket
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_text_frame_parses_as_one_final_unmasked_text_frame(size: int) -> None:
+    payload = ("é" * (size // 2) + "a" * (size % 2)).encode()
+    reader = StreamReader()
+    reader.feed_data(text_frame(payload))
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+        raise AssertionError("frame incomplete")
+    except StopIteration as done:
+        frame = done.value
+    assert frame.opcode is Opcode.TEXT and frame.fin
+    assert frame.data == payload
+
+
+def _connection(write: object, sent: list[str]) -> Connection:
+    async def send_text(text: str) -> None:
+        await asyncio.sleep(0.001)
+        sent.append("queued:" + text)
+
+    async def close(code: int, reason: str) -> None:
+        return None
+
+    claims = Claims(user_id="u1", expires_at=2**31, token_id="t1")
+    return Connection(
+        claims,
+        send_text,
+        close,
+        16,
+        TokenBucket(10, 10, 0),
+        AbuseMeter(10, 10),
+        write,  # type: ignore[arg-type]
+    )
+
+
+async def test_direct_writes_never_overtake_queued_frames() -> None:
+    sent: list[str] = []
+    accept = {"now": True}
+
+    def write(frame: bytes) -> bool:
+        if not accept["now"]:
+            return False
+        sent.append("direct:" + frame[2:].decode())
+        return True
+
+    conn = _connection(write, sent)
+    conn.start()
+    conn.push("a")
+    conn.push("b", text_frame(b"b"))
+    accept["now"] = False  # flow control: the transport is paused
+    conn.push("c")
+    accept["now"] = True
+    await asyncio.sleep(0)  # the writer takes c: the queue is empty, c not yet written
+    assert conn.queue.empty() and sent == ["direct:a", "direct:b"]
+    conn.push("d")  # must not overtake c
+    conn.push("e")
+    for _ in range(100):
+        if len(sent) == 5:
+            break
+        await asyncio.sleep(0.01)
+    conn.push("f")  # queue drained, writer idle: direct again
+    assert sent == ["direct:a", "direct:b", "queued:c", "queued:d", "queued:e", "direct:f"]
+    assert conn.writer is not None
+    conn.writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await conn.writer
+
+
+async def _serve(deflate: bool) -> tuple[uvicorn.Server, asyncio.Task[None], int, list[bool]]:
+    attached: list[bool] = []
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        writer = DirectWriter.attach(websocket._receive)
+        attached.append(writer is not None)
+        if writer is None:
+            await websocket.send_text(json.dumps({"n": 0}))
+        else:
+            for n in range(3):
+                assert writer.write(text_frame(json.dumps({"n": n}).encode()))
+            await websocket.send_text(json.dumps({"n": 3}))  # the ASGI path, after them
+        with contextlib.suppress(Exception):
+            await websocket.receive()
+
+    port = free_port()
+    config = uvicorn.Config(
+        Starlette(routes=[WebSocketRoute("/ws", endpoint)]),
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",
+        ws_per_message_deflate=deflate,
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    return server, task, port, attached
+
+
+async def test_attaches_to_the_edges_uvicorn_protocol_and_frames_arrive_in_order() -> None:
+    server, task, port, attached = await _serve(deflate=False)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", compression=None) as ws:
+            got = [json.loads(await asyncio.wait_for(ws.recv(), 5))["n"] for _ in range(4)]
+        assert attached == [True]
+        assert got == [0, 1, 2, 3]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def test_not_attached_when_permessage_deflate_was_negotiated() -> None:
+    server, task, port, attached = await _serve(deflate=True)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            got = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert attached == [False]
+        assert got == {"n": 0}
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
