@@ -1,10 +1,21 @@
-"""The lean DynamoDB client signs exactly as botocore does and speaks the real protocol."""
+"""The lean DynamoDB client signs exactly as botocore does and speaks the real protocol:
+against dynalite, and against a scripted local HTTP/1.1 server for the connection handling
+(reuse, server closes, split reads, chunked, timeouts, errors and retries, TLS)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -85,3 +96,434 @@ async def test_unreachable_store_is_a_client_error() -> None:
             await lean.get_item(TableName="t", Key={"pk": {"S": "x"}})
     finally:
         await lean.close()
+
+
+async def test_concurrent_calls_share_a_small_pool(infra: Infra) -> None:
+    """More concurrent calls than pooled connections: they wait for a connection, all succeed."""
+    small = DynamoHttpClient(infra.dynamo_url, "us-east-1", "local", "local", pool_size=4)
+    table = f"{infra.table_prefix}messages"
+    try:
+        await asyncio.gather(
+            *(
+                small.put_item(
+                    TableName=table,
+                    Item={"pk": {"S": "room_pool"}, "sk": {"N": str(n)}},
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+                for n in range(100)
+            )
+        )
+        assert len(small._connections) <= 4
+        page = await small.query(
+            TableName=table,
+            KeyConditionExpression="pk = :p",
+            ExpressionAttributeValues={":p": {"S": "room_pool"}},
+            Select="COUNT",
+        )
+        assert page["Count"] == 100
+    finally:
+        await small.close()
+
+
+def test_signature_cache_across_days_and_targets() -> None:
+    """One signer used at several instants and targets signs as a fresh signer would."""
+    shared = SigV4("AKID", "secret", "eu-west-1", "dynamodb")
+    for moment in (
+        dt.datetime(2026, 12, 4, 23, 59, 59, tzinfo=dt.UTC),
+        dt.datetime(2026, 12, 5, 0, 0, 0, tzinfo=dt.UTC),
+        dt.datetime(2026, 12, 4, 23, 59, 59, tzinfo=dt.UTC),
+    ):
+        for target in ("DynamoDB_20120810.PutItem", "DynamoDB_20120810.Query"):
+            for host in ("h:1", "h:2"):
+                fresh = SigV4("AKID", "secret", "eu-west-1", "dynamodb")
+                body = f"{moment}{target}".encode()
+                assert shared.headers(host, target, body, moment) == fresh.headers(
+                    host, target, body, moment
+                )
+
+
+# -- the HTTP/1.1 client against a real local server (scripted answers)
+
+
+@dataclass
+class Seen:
+    """One request as the server received it."""
+
+    connection: int
+    index: int  # its position on that connection, from 1
+    head: dict[str, str]
+    body: bytes
+    reader: asyncio.StreamReader = field(repr=False, compare=False)
+
+
+Respond = Callable[[Seen, asyncio.StreamWriter], Awaitable[bool]]
+
+
+class ScriptedStore:
+    """A local HTTP/1.1 server: reads requests, answers with `respond` (False: close)."""
+
+    def __init__(self, respond: Respond, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.respond = respond
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.requests: list[Seen] = []
+        self.handlers: set[asyncio.Task[None]] = set()
+        self.clients: list[DynamoHttpClient] = []
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> ScriptedStore:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        for client in self.clients:
+            await client.close()
+        self.server.close()
+        await self.server.wait_closed()
+        # the clients are closed by now: every handler ends at its connection's end
+        await asyncio.wait_for(asyncio.gather(*self.handlers), 5)
+
+    def client(self, **options: Any) -> DynamoHttpClient:
+        """A client of this server, closed with it."""
+        client = DynamoHttpClient(self.url, "us-east-1", "local", "local", **options)
+        self.clients.append(client)
+        return client
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        self.connections += 1
+        number, index = self.connections, 0
+        try:
+            while True:
+                try:
+                    raw = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = raw.decode().split("\r\n")
+                head = {}
+                for line in lines[1:]:
+                    if line:
+                        name, _, value = line.partition(":")
+                        head[name.strip().lower()] = value.strip()
+                head[":request-line"] = lines[0]
+                body = await reader.readexactly(int(head.get("content-length", "0")))
+                index += 1
+                seen = Seen(number, index, head, body, reader)
+                self.requests.append(seen)
+                if not await self.respond(seen, writer):
+                    return
+        finally:
+            writer.close()
+
+
+def answer(
+    status: int = 200,
+    body: bytes = b'{"ok":true}',
+    headers: str = "",
+    reason: str = "OK",
+) -> bytes:
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.0\r\n"
+        f"Content-Length: {len(body)}\r\n{headers}\r\n"
+    ).encode() + body
+
+
+async def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    await writer.drain()
+
+
+async def test_request_on_the_wire_and_connection_reuse() -> None:
+    """One keep-alive connection for sequential calls; the request is a signed POST /."""
+
+    async def ok(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await send(writer, answer(body=b'{"Item":{"pk":{"S":"a"}}}'))
+        return True
+
+    async with ScriptedStore(ok) as store:
+        lean = store.client()
+        for _ in range(20):
+            got = await lean.get_item(TableName="t", Key={"pk": {"S": "a"}})
+            assert got == {"Item": {"pk": {"S": "a"}}}
+    assert store.connections == 1
+    assert [seen.index for seen in store.requests] == list(range(1, 21))
+    seen = store.requests[0]
+    assert seen.head[":request-line"] == "POST / HTTP/1.1"
+    assert seen.head["host"] == store.url.removeprefix("http://")
+    assert seen.head["x-amz-target"] == "DynamoDB_20120810.GetItem"
+    assert seen.head["content-type"] == "application/x-amz-json-1.0"
+    assert orjson.loads(seen.body) == {"TableName": "t", "Key": {"pk": {"S": "a"}}}
+    moment = dt.datetime.strptime(seen.head["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    expected = SigV4("local", "local", "us-east-1", "dynamodb").headers(
+        seen.head["host"], "DynamoDB_20120810.GetItem", seen.body, moment
+    )
+    assert seen.head["authorization"] == expected["Authorization"]
+
+
+async def test_server_closing_idle_connections() -> None:
+    """A keep-alive connection the server closes after its answer (idle timeout, restart, or
+    `Connection: close`) is not used again; calls go on over new connections, no retry."""
+
+    async def once(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.connection % 2:
+            await send(writer, answer())  # closed silently after the answer
+        else:
+            await send(writer, answer(headers="Connection: close\r\n"))
+        return False
+
+    async with ScriptedStore(once) as store:
+        lean = store.client(max_attempts=1)
+        for _ in range(6):
+            assert await lean.list_tables() == {"ok": True}
+            await asyncio.sleep(0.02)
+    assert store.connections == 6
+    assert len(store.requests) == 6
+
+
+async def test_keep_alive_race_is_sent_again_at_once() -> None:
+    """A reused connection closed without one byte of answer (the server's keep-alive timeout
+    crossing our request) costs no attempt: the request goes again on a new connection."""
+
+    async def one_per_connection(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.index > 1:
+            return False  # the race: closes instead of answering the second request
+        await send(writer, answer())
+        return True
+
+    async with ScriptedStore(one_per_connection) as store:
+        lean = store.client(max_attempts=1)
+        for _ in range(4):
+            assert await lean.list_tables() == {"ok": True}
+    assert store.connections == 4
+    assert [(seen.connection, seen.index) for seen in store.requests] == [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+        (3, 1),
+        (3, 2),
+        (4, 1),
+    ]
+
+
+async def test_keep_alive_hint_bounds_idle_reuse() -> None:
+    """`Keep-Alive: timeout=N` from the server: a connection idle longer is not reused."""
+
+    async def hinted(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await send(writer, answer(headers="Keep-Alive: timeout=0.2\r\n"))
+        return True
+
+    async with ScriptedStore(hinted) as store:
+        lean = store.client(max_attempts=1)
+        await lean.list_tables()
+        await lean.list_tables()  # at once: reused
+        await asyncio.sleep(0.15)  # past half the hint
+        await lean.list_tables()
+    assert [(seen.connection, seen.index) for seen in store.requests] == [(1, 1), (1, 2), (2, 1)]
+
+
+async def test_responses_split_across_reads() -> None:
+    """Heads and bodies arriving a few bytes at a time, with Content-Length or chunked."""
+    payload = orjson.dumps({"Items": [{"pk": {"S": "é" * 50}}], "Count": 1})
+    plain = answer(body=payload)
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(
+            b"%x;ext=1\r\n%s\r\n" % (len(part), part)
+            for part in (payload[:7], payload[7:60], payload[60:])
+        )
+        + b"0\r\nX-Trailer: yes\r\n\r\n"
+    )
+
+    async def trickle(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        data = plain if seen.index % 2 else chunked
+        step = 1 if seen.index <= 2 else 13
+        for at in range(0, len(data), step):
+            await send(writer, data[at : at + step])
+            if at < 40 or step > 1:
+                await asyncio.sleep(0.002)
+        return True
+
+    async with ScriptedStore(trickle) as store:
+        lean = store.client(max_attempts=1)
+        for _ in range(4):
+            got = await lean.query(TableName="t")
+            assert got == orjson.loads(payload)
+    assert store.connections == 1
+
+
+async def test_body_until_close_and_interim_response() -> None:
+    """An HTTP/1.0-style answer without length ends at close; a 100 Continue is skipped."""
+
+    async def old_style(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.index == 1 and seen.connection == 1:
+            await send(writer, b"HTTP/1.1 100 Continue\r\n\r\n" + answer(body=b'{"a":1}'))
+            return True
+        await send(writer, b'HTTP/1.0 200 OK\r\n\r\n{"b":')
+        await asyncio.sleep(0.01)
+        await send(writer, b"2}")
+        return False
+
+    async with ScriptedStore(old_style) as store:
+        lean = store.client(max_attempts=1)
+        assert await lean.list_tables() == {"a": 1}
+        assert await lean.list_tables() == {"b": 2}
+        assert await lean.list_tables() == {"b": 2}
+    assert [(seen.connection, seen.index) for seen in store.requests] == [(1, 1), (1, 2), (2, 1)]
+
+
+async def test_error_body_maps_to_client_error_without_retry() -> None:
+    """A 400 with a DynamoDB error body is botocore's ClientError (code, message, status)."""
+
+    async def refuse(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        body = orjson.dumps(
+            {
+                "__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+                "message": "The conditional request failed",
+            }
+        )
+        await send(writer, answer(400, body, reason="Bad Request"))
+        return True
+
+    async with ScriptedStore(refuse) as store:
+        lean = store.client()
+        with pytest.raises(ClientError) as refused:
+            await lean.put_item(TableName="t", Item={"pk": {"S": "a"}})
+    assert is_conditional_failure(refused.value)
+    error = refused.value.response
+    assert error["Error"] == {
+        "Code": "ConditionalCheckFailedException",
+        "Message": "The conditional request failed",
+    }
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert refused.value.operation_name == "PutItem"
+    assert len(store.requests) == 1
+
+
+async def test_5xx_and_throttling_are_retried() -> None:
+    """5xx and throttling answers are retried with backoff; the last one is the error."""
+    plan: list[bytes] = [
+        answer(500, b"oops", reason="Internal Server Error"),
+        answer(400, b'{"__type":"x#ThrottlingException","message":"slow down"}'),
+        answer(503, b'{"__type":"x#ServiceUnavailable","message":"later"}'),
+        answer(body=b'{"done":1}'),
+        answer(500, b"oops", reason="Internal Server Error"),
+        answer(503, b"<html>busy</html>", reason="Service Unavailable"),
+    ]
+
+    async def scripted(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await send(writer, plan[len(store.requests) - 1])
+        return True
+
+    async with ScriptedStore(scripted) as store:
+        lean = store.client(max_attempts=4)
+        assert await lean.list_tables() == {"done": 1}
+        assert len(store.requests) == 4
+        lean.max_attempts = 2
+        with pytest.raises(ClientError) as failed:
+            await lean.list_tables()
+    assert failed.value.response["Error"] == {"Code": "HTTP503", "Message": "<html>busy</html>"}
+    assert failed.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert len(store.requests) == 6
+    assert store.connections == 1
+
+
+async def test_timeout_abandons_the_connection() -> None:
+    """No answer within timeout_seconds: the attempt fails, its connection is not reused,
+    and after max_attempts the call is a ConnectionError ClientError."""
+
+    async def silent_first(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.connection <= 2:
+            await seen.reader.read()  # never answers: until the client leaves
+            return False
+        await send(writer, answer())
+        return True
+
+    async with ScriptedStore(silent_first) as store:
+        lean = store.client(timeout_seconds=0.2, max_attempts=2)
+        started = time.monotonic()
+        with pytest.raises(ClientError) as failed:
+            await lean.list_tables()
+        assert time.monotonic() - started < 1.5
+        assert await lean.list_tables() == {"ok": True}
+    assert failed.value.response["Error"]["Code"] == "ConnectionError"
+    assert store.connections == 3
+
+
+async def test_garbage_answer_is_a_connection_error() -> None:
+    """Bytes that are not an HTTP response end the connection and count as a failed attempt."""
+
+    async def garbage(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await send(writer, b"SSH-2.0-OpenSSH\r\n\r\n")
+        return True
+
+    async with ScriptedStore(garbage) as store:
+        lean = store.client(max_attempts=2)
+        with pytest.raises(ClientError) as failed:
+            await lean.list_tables()
+    assert failed.value.response["Error"]["Code"] == "ConnectionError"
+    assert store.connections == 2
+
+
+async def test_cancelled_call_drops_its_connection() -> None:
+    """A caller cancelled mid-request: the connection (whose answer may still come) is closed,
+    the next call uses a new one and gets its own answer."""
+
+    async def slow_first(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.connection == 1:
+            await asyncio.sleep(0.2)
+        await send(writer, answer(body=b'{"n":%d}' % seen.connection))
+        return True
+
+    async with ScriptedStore(slow_first) as store:
+        lean = store.client(max_attempts=1)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await lean.list_tables()
+        assert await lean.list_tables() == {"n": 2}
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    argv = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    argv += ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    argv += ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        argv,
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_endpoint(tls_files: tuple[Path, Path]) -> None:
+    """An https endpoint is spoken to over TLS, its certificate verified."""
+    cert, key = tls_files
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+
+    async def ok(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await send(writer, answer(body=b'{"tls":true}'))
+        return True
+
+    async with ScriptedStore(ok, server_side) as store:
+        trusting = store.client(ssl_context=ssl.create_default_context(cafile=cert))
+        untrusting = store.client(max_attempts=1)
+        assert await trusting.list_tables() == {"tls": True}
+        assert await trusting.list_tables() == {"tls": True}
+        with pytest.raises(ClientError) as refused:
+            await untrusting.list_tables()
+    assert refused.value.response["Error"]["Code"] == "ConnectionError"
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.value.response["Error"]["Message"]
+    assert store.connections == 1  # the refused handshake never reached the handler

@@ -1,4 +1,4 @@
-"""A lean DynamoDB data-plane client: the JSON protocol over keep-alive HTTP, SigV4-signed.
+"""A lean DynamoDB data-plane client: the JSON protocol over keep-alive HTTP/1.1, SigV4-signed.
 
 Why: every message costs history two conditional writes, and aiobotocore spends about 1 ms of
 CPU per call here (request model validation, serializers, event hooks, retries handler) --
@@ -8,20 +8,36 @@ SigV4 signing key and orjson, for the operations the services use on the hot pat
 the same keyword arguments and returns the same response dictionaries as the botocore client,
 and raises botocore's `ClientError` with the same error codes, so adapters do not change.
 Control-plane calls (provisioning) keep aiobotocore (`infra.store.open_dynamo_admin`).
+
+The HTTP part is a small client on asyncio protocols rather than aiohttp: there is one endpoint
+and one kind of request, so a call is one `transport.write` of the signed head (everything but
+the date, target, signature and length prebuilt once per second) and the body, and a response
+is the status line, `Content-Length` (or chunked, or until close) and the body. A pool of up to
+`pool_size` persistent connections; one that the server closed while idle (its keep-alive
+timeout, a restart) is dropped, and a request that found a reused connection closed before a
+byte of its answer came is sent again at once on a new one (the keep-alive race). Timeouts
+(`timeout_seconds` per attempt, connect at most 3 s) are checked by one sweep over the
+connections (a few times per timeout) instead of a timer per request. Measured against the
+same client on aiohttp (conditional PutItems at concurrency 64 against dynalite, uvloop): about
+20 us of this process's CPU per call instead of about 92.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
 import logging
 import random
-from typing import Any
+import socket
+import ssl
+import time
+from collections import deque
+from typing import Any, cast
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 from botocore.exceptions import ClientError
 
@@ -29,6 +45,7 @@ log = logging.getLogger(__name__)
 
 API_VERSION = "DynamoDB_20120810"
 CONTENT_TYPE = "application/x-amz-json-1.0"
+SIGNED_HEADERS = "content-type;host;x-amz-date;x-amz-target"
 RETRYABLE_CODES = frozenset(
     {
         "ProvisionedThroughputExceededException",
@@ -39,10 +56,20 @@ RETRYABLE_CODES = frozenset(
         "TransactionInProgressException",
     }
 )
+_XOR_36 = bytes(x ^ 0x36 for x in range(256))  # HMAC's inner and outer pads (RFC 2104)
+_XOR_5C = bytes(x ^ 0x5C for x in range(256))
+CONNECT_TIMEOUT = 3.0
+KEEPALIVE_SECONDS = 30.0  # the longest a connection is kept idle (less if the server says so)
+HEAD_LIMIT = 65536  # a response head larger than this is not an answer of the store
 
 
 class SigV4:
-    """AWS Signature Version 4 for one service, region and key pair (signing key cached daily)."""
+    """AWS Signature Version 4 for one service, region and key pair.
+
+    The signing key is derived once per day; the scope, the string-to-sign prefix and the
+    canonical request up to the payload hash once per second (the resolution of `X-Amz-Date`).
+    What remains per request: the payload hash, the canonical request's hash and one HMAC.
+    """
 
     def __init__(self, access_key: str, secret_key: str, region: str, service: str) -> None:
         self.access_key = access_key
@@ -51,49 +78,290 @@ class SigV4:
         self.service = service
         self._day = ""
         self._key = b""
+        self._inner = hashlib.sha256()
+        self._outer = hashlib.sha256()
+        self._second = -1
+        self._stamp = ""
+        self._amz_date = ""
+        self._to_sign_prefix = ""
+        self.authorization_prefix = ""
+        self._canonical: dict[tuple[str, str], str] = {}
 
     def _signing_key(self, day: str) -> bytes:
         if day != self._day:
             key = ("AWS4" + self.secret_key).encode()
             for part in (day, self.region, self.service, "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+                key = hmac.digest(key, part.encode(), "sha256")
             self._day, self._key = day, key
+            # HMAC-SHA256 with this key = two SHA-256 states keyed once, copied per request
+            block = key.ljust(64, b"\0")
+            self._inner = hashlib.sha256(block.translate(_XOR_36))
+            self._outer = hashlib.sha256(block.translate(_XOR_5C))
         return self._key
+
+    def now(self) -> str:
+        """The current `X-Amz-Date` (formatted once per second)."""
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+        return self._stamp
+
+    def _switch(self, amz_date: str) -> None:
+        day = amz_date[:8]
+        scope = f"{day}/{self.region}/{self.service}/aws4_request"
+        self._signing_key(day)
+        self._amz_date = amz_date
+        self._to_sign_prefix = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
+        self.authorization_prefix = (
+            f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
+            f"SignedHeaders={SIGNED_HEADERS}, Signature="
+        )
+        self._canonical.clear()
+
+    def signature(self, host: str, target: str, body: bytes, amz_date: str) -> str:
+        """The hex signature of a POST / with these headers and body at `amz_date`; afterwards
+        `authorization_prefix` is the Authorization header up to the signature."""
+        if amz_date != self._amz_date:
+            self._switch(amz_date)
+        prefix = self._canonical.get((host, target))
+        if prefix is None:
+            prefix = (
+                "POST\n/\n\n"
+                f"content-type:{CONTENT_TYPE}\nhost:{host}\n"
+                f"x-amz-date:{amz_date}\nx-amz-target:{target}\n\n"
+                f"{SIGNED_HEADERS}\n"
+            )
+            self._canonical[(host, target)] = prefix
+        canonical = prefix + hashlib.sha256(body).hexdigest()
+        to_sign = self._to_sign_prefix + hashlib.sha256(canonical.encode()).hexdigest()
+        inner = self._inner.copy()
+        inner.update(to_sign.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
     def headers(
         self, host: str, target: str, body: bytes, now: dt.datetime | None = None
     ) -> dict[str, str]:
-        moment = now or dt.datetime.now(dt.UTC)
-        amz_date = moment.strftime("%Y%m%dT%H%M%SZ")
-        day = amz_date[:8]
-        payload_hash = hashlib.sha256(body).hexdigest()
-        canonical = (
-            "POST\n/\n\n"
-            f"content-type:{CONTENT_TYPE}\nhost:{host}\n"
-            f"x-amz-date:{amz_date}\nx-amz-target:{target}\n\n"
-            "content-type;host;x-amz-date;x-amz-target\n"
-            f"{payload_hash}"
-        )
-        scope = f"{day}/{self.region}/{self.service}/aws4_request"
-        to_sign = (
-            f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
-            f"{hashlib.sha256(canonical.encode()).hexdigest()}"
-        )
-        signature = hmac.new(self._signing_key(day), to_sign.encode(), hashlib.sha256).hexdigest()
+        amz_date = now.strftime("%Y%m%dT%H%M%SZ") if now is not None else self.now()
+        signature = self.signature(host, target, body, amz_date)
         return {
             "Content-Type": CONTENT_TYPE,
             "X-Amz-Date": amz_date,
             "X-Amz-Target": target,
-            "Authorization": (
-                f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
-                f"SignedHeaders=content-type;host;x-amz-date;x-amz-target, "
-                f"Signature={signature}"
-            ),
+            "Authorization": self.authorization_prefix + signature,
         }
 
 
+class ResponseError(ConnectionError):
+    """The server's bytes are not an HTTP/1.1 response we can read."""
+
+
+class Disconnected(ConnectionError):
+    """The connection ended before the whole response; `silent` when not one byte of it came."""
+
+    def __init__(self, message: str, silent: bool) -> None:
+        super().__init__(message)
+        self.silent = silent
+
+
+_UNTIL_CLOSE = -1
+_CHUNKED = -2
+_NO_HEAD = 0
+
+
+def _header(head: bytes, name: bytes) -> bytes | None:
+    """The value of header `name` (given as b"\\r\\nname:", head lower-cased), else None."""
+    i = head.find(name)
+    if i < 0:
+        return None
+    i += len(name)
+    j = head.find(b"\r\n", i)
+    return (head[i:] if j < 0 else head[i:j]).strip()
+
+
+class _Connection(asyncio.Protocol):
+    """One persistent HTTP/1.1 connection: at most one request in flight."""
+
+    def __init__(self, client: DynamoHttpClient) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.deadline = 0.0
+        self.closed = False
+        self.keep = True
+        self.idle_since = 0.0
+        self.idle_limit = client.keepalive_seconds
+        self._received = False
+        self._buf = bytearray()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._buf.clear()
+        self._head_at = 0  # offset of the response head (past any interim 1xx response)
+        self._start = _NO_HEAD  # offset of the body in the buffer once the head is read
+        self._status = 0
+        self._length = 0  # body length, or _CHUNKED, or _UNTIL_CLOSE
+        self._chunk_at = 0
+        self._chunks: list[bytes] = []
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            self.abort()  # bytes nobody asked for: this connection is out of step
+            return
+        self._received = True
+        try:
+            if self._buf:
+                self._buf += data
+                result = self._parse(self._buf)
+            else:
+                result = self._parse(data)  # usually the whole response in one read
+                if result is None:
+                    self._buf += data
+        except (ValueError, ResponseError) as exc:
+            self.fail(exc if isinstance(exc, ResponseError) else ResponseError(str(exc)))
+            return
+        if result is not None:
+            self.waiter = None
+            self._reset()
+            waiter.set_result(result)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.client._retire(self)
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        self.waiter = None
+        if self._start != _NO_HEAD and self._length == _UNTIL_CLOSE:
+            waiter.set_result((self._status, bytes(self._buf[self._start :])))
+        else:
+            reason = f": {exc}" if exc else ""
+            waiter.set_exception(
+                Disconnected(f"the store closed the connection{reason}", not self._received)
+            )
+        self._reset()
+
+    # -- requests
+
+    def send(self, data: bytes, deadline: float) -> asyncio.Future[tuple[int, bytes]]:
+        """Write one request; the future is its (status, body)."""
+        if self.transport is None or self.transport.is_closing():
+            raise Disconnected("the store closed the connection", silent=True)
+        waiter: asyncio.Future[tuple[int, bytes]] = self.client.loop.create_future()
+        self.waiter = waiter
+        self.deadline = deadline
+        self._received = False
+        self.transport.write(data)
+        return waiter
+
+    def fail(self, exc: Exception) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.abort()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    # -- response parsing
+
+    def _parse(self, buf: bytes | bytearray) -> tuple[int, bytes] | None:
+        """(status, body) once `buf` holds a whole response, else None (state is kept)."""
+        while self._start == _NO_HEAD:
+            at = self._head_at
+            end = buf.find(b"\r\n\r\n", at)
+            if end < 0:
+                if len(buf) - at > HEAD_LIMIT:
+                    raise ResponseError("response head too large")
+                return None
+            head = bytes(buf[at:end]).lower()
+            if not head.startswith(b"http/1.") or head[8:9] != b" ":
+                raise ResponseError(f"not an HTTP/1.x response: {bytes(buf[at : at + 40])!r}")
+            status = int(head[9:12])
+            if status < 200:  # an interim response (we never ask for one): skip it
+                self._head_at = end + 4
+                continue
+            keep = not head.startswith(b"http/1.0")
+            connection = _header(head, b"\r\nconnection:")
+            if connection is not None:
+                keep = b"close" not in connection if keep else b"keep-alive" in connection
+            encoding = _header(head, b"\r\ntransfer-encoding:")
+            if encoding is not None and encoding.endswith(b"chunked"):
+                length = _CHUNKED
+            elif (value := _header(head, b"\r\ncontent-length:")) is not None:
+                length = int(value)
+                if length < 0:
+                    raise ResponseError(f"bad Content-Length {value!r}")
+            elif status in (204, 304):
+                length = 0
+            else:
+                length, keep = _UNTIL_CLOSE, False
+            hint = _header(head, b"\r\nkeep-alive:")
+            if hint is not None:
+                self.idle_limit = self.client._idle_limit(hint)
+            self.keep = keep
+            self._status, self._length, self._start = status, length, end + 4
+        length = self._length
+        if length >= 0:
+            available = len(buf) - self._start
+            if available < length:
+                return None
+            if available > length:
+                self.keep = False  # more than the answer: do not trust this connection again
+            return self._status, bytes(buf[self._start : self._start + length])
+        if length == _CHUNKED:
+            return self._dechunk(buf)
+        return None  # until the server closes
+
+    def _dechunk(self, buf: bytes | bytearray) -> tuple[int, bytes] | None:
+        at = self._chunk_at or self._start
+        while True:
+            eol = buf.find(b"\r\n", at)
+            if eol < 0:
+                self._chunk_at = at
+                return None
+            size = int(bytes(buf[at:eol]).split(b";", 1)[0], 16)
+            if size < 0:
+                raise ResponseError("bad chunk size")
+            if size == 0:
+                if buf[eol + 2 : eol + 4] != b"\r\n" and buf.find(b"\r\n\r\n", eol) < 0:
+                    self._chunk_at = at  # trailers not complete yet
+                    return None
+                return self._status, b"".join(self._chunks)
+            data_end = eol + 2 + size
+            if len(buf) < data_end + 2:
+                self._chunk_at = at
+                return None
+            if buf[data_end : data_end + 2] != b"\r\n":
+                raise ResponseError("chunk not followed by CRLF")
+            self._chunks.append(bytes(buf[eol + 2 : data_end]))
+            at = data_end + 2
+
+
 class DynamoHttpClient:
-    """The subset of the botocore DynamoDB client the services use, over plain HTTP."""
+    """The subset of the botocore DynamoDB client the services use, over HTTP/1.1 (HTTPS when
+    the endpoint says so, verified with `ssl_context` or the system's default one)."""
 
     def __init__(
         self,
@@ -104,34 +372,65 @@ class DynamoHttpClient:
         pool_size: int = 64,
         timeout_seconds: float = 10.0,
         max_attempts: int = 6,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not endpoint:
             endpoint = f"https://dynamodb.{region}.amazonaws.com"
         parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) endpoint: {endpoint!r}")
         self.url = f"{parts.scheme}://{parts.netloc}/"
         self.host = parts.netloc
         self.signer = SigV4(access_key, secret_key, region, "dynamodb")
         self.max_attempts = max_attempts
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=pool_size, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=timeout_seconds, connect=3),
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+        self.pool_size = pool_size
+        self.timeout_seconds = timeout_seconds
+        self.keepalive_seconds = KEEPALIVE_SECONDS
+        self._address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        self._ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self._ssl = ssl_context or ssl.create_default_context()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[_Connection] = []  # most recently used last
+        self._connections: set[_Connection] = set()
+        self._opening = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._hints: dict[bytes, float] = {}
+        self._head_date = ""
+        self._heads: dict[str, bytes] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def close(self) -> None:
-        await self._session.close()
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._idle.clear()
+        for connection in list(self._connections):
+            connection.abort()
+        for waiter in self._slot_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._connections:
+            await asyncio.sleep(0)  # let the transports report connection_lost
 
     async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """One API call with retries on throttling, 5xx and connection errors (backoff)."""
+        if self._closed:
+            raise RuntimeError("DynamoHttpClient is closed")
         body = orjson.dumps(params)
         target = f"{API_VERSION}.{operation}"
         for attempt in range(1, self.max_attempts + 1):
-            headers = self.signer.headers(self.host, target, body)
             try:
-                async with self._session.post(self.url, data=body, headers=headers) as response:
-                    raw = await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                status, raw = await self._exchange(self._request(target, body))
+            except (TimeoutError, OSError) as exc:
                 if attempt == self.max_attempts:
                     raise ClientError(
                         {"Error": {"Code": "ConnectionError", "Message": str(exc)}}, operation
@@ -155,6 +454,178 @@ class DynamoHttpClient:
     @staticmethod
     async def _backoff(attempt: int) -> None:
         await asyncio.sleep(min(2.0, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+
+    def _request(self, target: str, body: bytes) -> bytes:
+        """The whole signed request: head (prebuilt per second and target) + body."""
+        signer = self.signer
+        amz_date = signer.now()
+        signature = signer.signature(self.host, target, body, amz_date)
+        if amz_date != self._head_date:
+            self._head_date = amz_date
+            self._heads.clear()
+        head = self._heads.get(target)
+        if head is None:
+            head = (
+                f"POST / HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {CONTENT_TYPE}\r\n"
+                f"X-Amz-Date: {amz_date}\r\nX-Amz-Target: {target}\r\n"
+                f"Authorization: {signer.authorization_prefix}"
+            ).encode()
+            self._heads[target] = head
+        return b"%s%s\r\nContent-Length: %d\r\n\r\n%s" % (
+            head,
+            signature.encode(),
+            len(body),
+            body,
+        )
+
+    # -- the connection pool
+
+    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send one request on a pooled connection; (status, body) of its response."""
+        loop = self.loop
+        now = loop.time()
+        deadline = now + self.timeout_seconds
+        connection = self._take_idle(now)
+        reused = connection is not None
+        if connection is None:
+            connection, reused = await self._acquire(deadline)
+        while True:
+            waiter = connection.send(request, deadline)
+            try:
+                status, raw = await waiter
+            except Disconnected as exc:
+                if reused and exc.silent and not self._closed:
+                    # the keep-alive race: the server closed it as we reused it; nothing of
+                    # this request was answered, send it again on a new connection
+                    connection, reused = await self._acquire(deadline, fresh=True)
+                    continue
+                raise
+            except BaseException:
+                connection.abort()  # cancelled or timed out: its answer may still come
+                raise
+            break
+        if connection.keep and not connection.closed and not self._closed:
+            connection.idle_since = loop.time()
+            self._idle.append(connection)
+        else:
+            connection.close()
+        if self._slot_waiters:
+            self._wake()
+        return status, raw
+
+    def _take_idle(self, now: float) -> _Connection | None:
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if connection.closed:
+                continue
+            if connection.transport is None or connection.transport.is_closing():
+                connection.abort()
+                continue
+            if now - connection.idle_since < connection.idle_limit:
+                return connection
+            connection.close()
+        return None
+
+    async def _acquire(self, deadline: float, fresh: bool = False) -> tuple[_Connection, bool]:
+        """An idle connection (unless `fresh`), else a new one once the pool has room."""
+        loop = self.loop
+        while len(self._connections) + self._opening >= self.pool_size:
+            if not fresh and (connection := self._take_idle(loop.time())) is not None:
+                return connection, True
+            if fresh and self._idle:
+                self._idle.pop(0).close()  # make room: the oldest idle connection
+                continue
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
+            if self._closed:
+                raise RuntimeError("DynamoHttpClient is closed")
+        if not fresh and (connection := self._take_idle(loop.time())) is not None:
+            return connection, True
+        return await self._connect(deadline), False
+
+    async def _connect(self, deadline: float) -> _Connection:
+        loop = self.loop
+        host, port = self._address
+        self._opening += 1
+        try:
+            async with asyncio.timeout_at(min(deadline, loop.time() + CONNECT_TIMEOUT)):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self),
+                    host,
+                    port,
+                    ssl=self._ssl,
+                    server_hostname=host if self._ssl is not None else None,
+                )
+        finally:
+            self._opening -= 1
+        if connection.closed or self._closed:
+            connection.abort()
+            raise Disconnected("the store closed the connection at once", silent=False)
+        self._connections.add(connection)
+        if self._sweeper is None:
+            self._schedule_sweep()
+        return connection
+
+    def _retire(self, connection: _Connection) -> None:
+        """A connection ended (called from its connection_lost)."""
+        if connection in self._connections:
+            self._connections.discard(connection)
+            with contextlib.suppress(ValueError):
+                self._idle.remove(connection)
+            if self._slot_waiters:
+                self._wake()
+
+    def _wake(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _idle_limit(self, hint: bytes) -> float:
+        """How long to keep a connection idle given the server's `Keep-Alive: timeout=N`
+        (a second less, at most half less, so that we rarely send on one the server is about
+        to close; dynalite says 5 s)."""
+        limit = self._hints.get(hint)
+        if limit is None:
+            limit = self.keepalive_seconds
+            for part in hint.split(b","):
+                name, _, value = part.strip().partition(b"=")
+                if name == b"timeout":
+                    with contextlib.suppress(ValueError):
+                        seconds = float(value)
+                        limit = min(limit, max(seconds - 1.0, seconds / 2))
+            if len(self._hints) < 16:
+                self._hints[hint] = limit
+        return limit
+
+    # -- timeouts: one sweep over the connections instead of a timer per request
+
+    def _sweep_interval(self) -> float:
+        return max(0.005, min(0.5, self.timeout_seconds / 10))
+
+    def _schedule_sweep(self) -> None:
+        self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        if self._closed or not self._connections:
+            return
+        now = self.loop.time()
+        for connection in list(self._connections):
+            waiter = connection.waiter
+            if waiter is not None and not waiter.done() and connection.deadline <= now:
+                connection.fail(TimeoutError(f"no answer within {self.timeout_seconds} s"))
+        self._schedule_sweep()
 
     # The botocore method names, keyword arguments as in the API reference.
     async def put_item(self, **params: Any) -> dict[str, Any]:
