@@ -19,6 +19,7 @@ import psutil  # type: ignore[import-untyped]
 Record = dict[str, Any]
 BENCH = Path(__file__).resolve().parent
 STACK_ORDER = ["chat-mesh", "python-socketio", "node-socketio"]
+LINEAR_SHAPES = ["base", "clients_x2", "rooms_x2", "ratios"]
 
 
 def _cmd_version(argv: list[str]) -> str:
@@ -83,8 +84,23 @@ def machine(quick: bool, runs: int, started: float, config: dict[str, Any]) -> d
 
 
 def _key(r: Record) -> tuple[str, str, Any]:
-    step = r.get("offered_rate") if r["scenario"] == "fanout" else r.get("index")
+    if r["scenario"] == "fanout":
+        step = r.get("offered_rate")
+    elif r["scenario"] == "linear":
+        step = r.get("shape")
+    else:
+        step = r.get("index")
     return (r["stack"], r["scenario"], step)
+
+
+def _order(r: Record) -> tuple[int, str, float]:
+    """Stacks in STACK_ORDER, fan-out steps by rate, linear shapes base -> doubled -> ratios."""
+    stack = STACK_ORDER.index(r["stack"]) if r["stack"] in STACK_ORDER else 9
+    if r["scenario"] == "linear" and r.get("shape") in LINEAR_SHAPES:
+        within = float(LINEAR_SHAPES.index(r["shape"]))
+    else:
+        within = float(r.get("offered_rate") or 0)
+    return (stack, r["scenario"], within)
 
 
 def _median(values: list[Any]) -> Any:
@@ -122,8 +138,7 @@ def aggregate(raw: list[Record]) -> list[Record]:
         med["spread"] = spread
         med["passes"] = sum(1 for r in recs if r.get("pass"))
         out.append(med)
-    order = {s: i for i, s in enumerate(STACK_ORDER)}
-    out.sort(key=lambda r: (order.get(r["stack"], 9), r["scenario"], r.get("offered_rate") or 0))
+    out.sort(key=_order)
     return out
 
 
@@ -289,6 +304,7 @@ def table(agg: list[Record], raw: list[Record], meta: dict[str, Any]) -> str:
                 f"{per} | {after} |"
             )
         lines.append("")
+    lines += linear_table(agg, raw, meta)
     hist = [r for r in agg if r["scenario"] == "history"]
     if hist:
         lines += ["## History (chat-mesh only: the peers keep no history)", ""]
@@ -327,6 +343,72 @@ def table(agg: list[Record], raw: list[Record], meta: dict[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def linear_table(agg: list[Record], raw: list[Record], meta: dict[str, Any]) -> list[str]:
+    """The "Linear cost" table, one row per stack (CPU ratios), then every shape's figures."""
+    lin = [r for r in agg if r["scenario"] == "linear"]
+    if not lin:
+        return []
+    cfg = meta["config"]
+    c, size, rate = cfg["linear_clients"], cfg["linear_room_size"], cfg["linear_rate"]
+    lines = [
+        f"## Linear cost (fan-out at {rate} msg/s per client, {cfg['step_seconds']} s per shape)",
+        "",
+        f"Base: {c:,} clients in {c // size:,} rooms of {size}. Clients x2: {2 * c:,} clients in "
+        f"{2 * c // size:,} rooms of {size} (against the base). Rooms x2: {2 * c:,} clients in "
+        f"{4 * c // size:,} rooms of {size // 2} (against clients x2: the same clients and "
+        "messages/s, twice the rooms, half the frames). CPU = seconds of every server process "
+        "over the step and its drain (equal windows); linear = CPU ratio <= 2. A ratio is valid "
+        "when both shapes passed (no loss, p99 under the limit) and were not load-bound.",
+        "",
+        "| stack | base CPU s | clients x2 CPU s | CPU ratio | frames ratio | linear (runs) | "
+        "rooms x2 CPU s | CPU ratio | frames ratio | linear (runs) | valid (runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in STACK_ORDER:
+        shapes = {r["shape"]: r for r in lin if r["stack"] == s}
+        if "ratios" not in shapes:
+            continue
+        ratio = shapes["ratios"]
+        runs = [r for r in raw if r["stack"] == s and r.get("shape") == "ratios"]
+        verdict = {
+            name: f"{_f(ratio.get(f'{name}_linear'))} "
+            f"({sum(1 for r in runs if r.get(f'{name}_linear'))}/{len(runs)})"
+            for name in ("clients", "rooms")
+        }
+        valid = sum(1 for r in runs if r.get("clients_valid") and r.get("rooms_valid"))
+        cpu = [_fs(shapes[k], "server_cpu_s", 1) if k in shapes else "-" for k in LINEAR_SHAPES]
+        lines.append(
+            f"| {s} | {cpu[0]} | {cpu[1]} | {_fs(ratio, 'clients_cpu_ratio', 2)} | "
+            f"{_fs(ratio, 'clients_frames_ratio', 2)} | {verdict['clients']} | {cpu[2]} | "
+            f"{_fs(ratio, 'rooms_cpu_ratio', 2)} | {_fs(ratio, 'rooms_frames_ratio', 2)} | "
+            f"{verdict['rooms']} | {valid}/{len(runs)} |"
+        )
+    lines += [
+        "",
+        "Every shape (CPU % of one core; others' CPU % as in the fan-out table):",
+        "",
+        "| stack | shape | clients | rooms x size | offered msg/s | sent | delivered frames/s | "
+        "lost | dup | p50 ms | p99 ms | server CPU s | server CPU % | us/frame | others' CPU % | "
+        "loadgen ELU | passed (runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in lin:
+        if r.get("kind") != "shape":
+            continue
+        bound = " load-bound" if r.get("load_bound") else ""
+        lines.append(
+            f"| {r['stack']} | {r['shape']} | {_f(r.get('clients'))} | {_f(r.get('rooms'))} x "
+            f"{_f(r.get('room_size'))} | {_f(r.get('offered_rate'))} | {_fs(r, 'sent')} | "
+            f"{_fs(r, 'delivered_fps')} | {_fs(r, 'lost')} | {_f(r.get('duplicated'))} | "
+            f"{_fs(r, 'p50_ms', 1)} | {_fs(r, 'p99_ms', 1)} | {_fs(r, 'server_cpu_s', 1)} | "
+            f"{_fs(r, 'server_cpu_pct')} | {_fs(r, 'server_cpu_us_per_frame')} | "
+            f"{_fs(r, 'other_cpu_pct')} | {_f(r.get('loadgen_elu'), 2)}{bound} | "
+            f"{r.get('passes', 0)}/{r['runs']} |"
+        )
+    lines.append("")
+    return lines
 
 
 # ---- plots ---------------------------------------------------------------------------------

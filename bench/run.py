@@ -67,7 +67,7 @@ class Config:
     # linear cost: fan-out at a fixed per-client rate, base population, then doubled
     linear_clients: int = 500
     linear_room_size: int = 10  # even: the rooms-doubled shape uses rooms of half this size
-    linear_rate: float = 0.5  # msg/s per client
+    linear_rate: float = 0.25  # msg/s per client: the mesh passes 250 msg/s with margin
     # latency
     latency_clients: int = 100
     latency_rate: float = 100.0
@@ -980,7 +980,7 @@ def parse(argv: list[str] | None = None) -> Config:
         default="flamegraph",
         help="py-spy output: SVG flame graphs, or collapsed stacks to read as text",
     )
-    ap.add_argument("--loadgens", type=int, help="load-generator processes for fan-out")
+    ap.add_argument("--loadgens", type=int, help="load-generator processes for fan-out, linear")
     ap.add_argument("--clients", type=int)
     ap.add_argument("--room-size", type=int)
     ap.add_argument("--rates", help="comma list of offered msg/s")

@@ -16,7 +16,7 @@ NODE_DEPS = [
 ]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(330)
 def test_bench_smoke_runs_and_writes_its_files(tmp_path: Path) -> None:
     """`bench/run.py --smoke` runs all three stacks and writes the JSON lines, table and plots."""
     missing = [str(p) for p in NODE_DEPS if not p.exists()]
@@ -26,7 +26,7 @@ def test_bench_smoke_runs_and_writes_its_files(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=220,
+        timeout=300,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -37,3 +37,14 @@ def test_bench_smoke_runs_and_writes_its_files(tmp_path: Path) -> None:
     assert stacks == {"chat-mesh", "python-socketio", "node-socketio"}
     failed = [r for r in lines if r["type"] == "run" and "error" in r]
     assert not failed, failed
+    # the linear-cost scenario: three shapes and the ratios for every stack, medians included
+    for kind in ("run", "median"):
+        shapes = {
+            (r["stack"], r["shape"])
+            for r in lines
+            if r["type"] == kind and r["scenario"] == "linear"
+        }
+        assert shapes == {
+            (s, shape) for s in stacks for shape in ("base", "clients_x2", "rooms_x2", "ratios")
+        }, (kind, shapes)
+    assert "## Linear cost" in (out / "table.md").read_text()
