@@ -120,8 +120,8 @@ CHANNELS: tuple[Channel, ...] = (
         "messageCreated",
         _param(subjects.MESSAGE_CREATED_PREFIX, "roomId"),
         "Event on core NATS (not captured by a stream: the store is the record), published "
-        "after the durable store write. An edge node subscribes to a room's subject only while it holds a "
-        "connection of one of its participants.",
+        "after the durable store write. An edge node subscribes to a room's subject only "
+        "while it holds a connection of one of its participants.",
         (bus.MessageCreated,),
         (
             Op("send", "history", "A message was stored with its seq"),

@@ -35,7 +35,8 @@ def test_text_frame_parses_as_one_final_unmasked_text_frame(size: int) -> None:
         raise AssertionError("frame incomplete")
     except StopIteration as done:
         frame = done.value
-    assert frame.opcode is Opcode.TEXT and frame.fin
+    assert frame.opcode is Opcode.TEXT
+    assert frame.fin
     assert frame.data == payload
 
 
@@ -77,7 +78,8 @@ async def test_direct_writes_never_overtake_queued_frames() -> None:
     conn.push("c")
     accept["now"] = True
     await asyncio.sleep(0)  # the writer takes c: the queue is empty, c not yet written
-    assert conn.queue.empty() and sent == ["direct:a", "direct:b"]
+    assert conn.queue.empty()
+    assert sent == ["direct:a", "direct:b"]
     conn.push("d")  # must not overtake c
     conn.push("e")
     for _ in range(100):
