@@ -12,9 +12,16 @@ from infra.settings import CommonSettings
 
 
 def redis_client(settings: CommonSettings) -> aioredis.Redis:
-    """A pooled client that retries with backoff across a Redis restart."""
-    return aioredis.Redis.from_url(
+    """A pooled client that retries with backoff across a Redis restart.
+
+    The pool blocks: redis-py's default pool refuses a command outright ("Too many
+    connections") once 100 are in use, which a connect or disconnect storm of a few thousand
+    clients reaches; the refused unregisters left ghost entries in the connection map.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_wait_seconds,
         decode_responses=True,
         socket_connect_timeout=3,
         socket_timeout=5,
@@ -22,3 +29,4 @@ def redis_client(settings: CommonSettings) -> aioredis.Redis:
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)

@@ -29,6 +29,9 @@ class CommonSettings(BaseSettings):
 
     nats_urls: str = "nats://127.0.0.1:4222"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis connections per process; a burst beyond them waits (up to the wait) for a free one
+    redis_max_connections: int = Field(default=64, ge=1, le=10_000)
+    redis_pool_wait_seconds: float = Field(default=10.0, gt=0)
     dynamo_url: str = "http://127.0.0.1:8000"  # empty: the AWS default endpoint
     aws_region: str = "us-east-1"
     aws_access_key_id: str = "local"
