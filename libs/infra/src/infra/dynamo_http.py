@@ -244,7 +244,7 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         self.waiter = None
-        if self._start != _NO_HEAD and self._length == _UNTIL_CLOSE:
+        if self._start != _NO_HEAD and self._length == _UNTIL_CLOSE and exc is None:
             waiter.set_result((self._status, bytes(self._buf[self._start :])))
         else:
             reason = f": {exc}" if exc else ""
@@ -277,12 +277,14 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
+        self.client._retire(self)  # its pool slot is free now, not once the close completes
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+        self.client._retire(self)
 
     # -- response parsing
 
@@ -541,6 +543,10 @@ class DynamoHttpClient:
             try:
                 async with asyncio.timeout_at(deadline):
                     await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # a slot was handed to us as we gave up: pass it on
+                raise
             finally:
                 if not waiter.done():
                     waiter.cancel()
@@ -621,11 +627,14 @@ class DynamoHttpClient:
         if self._closed or not self._connections:
             return
         now = self.loop.time()
-        for connection in list(self._connections):
-            waiter = connection.waiter
-            if waiter is not None and not waiter.done() and connection.deadline <= now:
-                connection.fail(TimeoutError(f"no answer within {self.timeout_seconds} s"))
-        self._schedule_sweep()
+        try:
+            for connection in list(self._connections):
+                waiter = connection.waiter
+                if waiter is not None and not waiter.done() and connection.deadline <= now:
+                    with contextlib.suppress(Exception):  # one broken transport must not
+                        connection.fail(TimeoutError(f"no answer within {self.timeout_seconds} s"))
+        finally:
+            self._schedule_sweep()  # every request's timeout depends on this sweep
 
     # The botocore method names, keyword arguments as in the API reference.
     async def put_item(self, **params: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from websockets.protocol import State
 log = logging.getLogger(__name__)
 
 _OPCODE_TEXT_FIN = 0x81
+_PROTOCOL_FIELDS = ("disconnected", "close_sent", "writable", "transport")
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -52,7 +53,11 @@ class DirectWriter:
         if type(protocol).__name__ != "WebSocketsSansIOProtocol":
             return None
         conn = getattr(protocol, "conn", None)
-        if conn is None or getattr(conn, "extensions", None) or not hasattr(protocol, "writable"):
+        if conn is None or getattr(conn, "extensions", None) or not hasattr(conn, "state"):
+            return None
+        # what `write` reads: a uvicorn upgrade that renames any of them turns the fast path off
+        if not all(hasattr(protocol, name) for name in _PROTOCOL_FIELDS):
+            log.warning("uvicorn's WebSocket protocol changed: frames go through ASGI send")
             return None
         return cls(protocol)
 
