@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -63,13 +64,17 @@ async def test_catch_up_releases_missed_messages_in_order() -> None:
     conn.view("room_q").sent.add_range(1, 2)
     hub.feeds["room_q"] = feed
     await hub._catch_up()
-    frames: list[dict[str, Any]] = []
-    while not conn.queue.empty():
-        item = conn.queue.get_nowait()
-        assert item is not None
-        frames.append(json.loads(item))
+    for _ in range(200):  # the connection's writer sends them
+        if len(sent) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    frames: list[dict[str, Any]] = [json.loads(text) for text in sent]
     assert [f["message"]["seq"] for f in frames] == [3, 4]
     assert feed.order.delivered == 4
     assert bus.queries[0].rooms == {"room_q": 2}
     await hub._catch_up()
-    assert conn.queue.empty()
+    await asyncio.sleep(0.05)
+    assert len(sent) == 2
+    assert conn.queued() == 0
+    if conn.writer is not None:
+        conn.writer.cancel()

@@ -71,14 +71,13 @@ async def test_direct_writes_never_overtake_queued_frames() -> None:
         return True
 
     conn = _connection(write, sent)
-    conn.start()
     conn.push("a")
     conn.push("b", text_frame(b"b"))
     accept["now"] = False  # flow control: the transport is paused
     conn.push("c")
     accept["now"] = True
     await asyncio.sleep(0)  # the writer takes c: the queue is empty, c not yet written
-    assert conn.queue.empty()
+    assert conn.queued() == 0
     assert sent == ["direct:a", "direct:b"]
     conn.push("d")  # must not overtake c
     conn.push("e")

@@ -6,6 +6,7 @@ import uvicorn
 
 from infra.logs import setup_logging
 from ws_edge.app import create_app
+from ws_edge.entrypoints.ws import DirectWsRoute
 from ws_edge.settings import Settings
 
 
@@ -28,7 +29,7 @@ def main() -> None:
     settings = Settings()
     setup_logging(f"ws-edge-{settings.node_id}", settings.log_level)
     config = uvicorn.Config(
-        create_app(settings),
+        DirectWsRoute(create_app(settings)),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

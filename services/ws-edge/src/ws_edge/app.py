@@ -28,8 +28,8 @@ from ws_edge.settings import Settings
 def watch_hub(hub: Hub) -> None:
     """The node's gauges are read from the hub at scrape time (nothing to keep in step)."""
     WS_CONNECTIONS.set_function(lambda: len(hub.conns))
-    WS_QUEUE_FRAMES.set_function(lambda: sum(c.queue.qsize() for c in hub.conns.values()))
-    WS_QUEUE_MAX.set_function(lambda: max((c.queue.qsize() for c in hub.conns.values()), default=0))
+    WS_QUEUE_FRAMES.set_function(lambda: sum(c.queued() for c in hub.conns.values()))
+    WS_QUEUE_MAX.set_function(lambda: max((c.queued() for c in hub.conns.values()), default=0))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

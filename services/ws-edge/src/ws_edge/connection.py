@@ -1,4 +1,6 @@
-"""One live client connection: identity, a bounded send queue drained by its own writer task."""
+"""One live client connection: identity, frames written at once or, when they have to wait,
+through a bounded send queue drained by a writer task (both created on the first wait: an idle
+socket holds neither)."""
 
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ class Connection:
         self._close = close
         self._write_frame = write_frame
         self._writing = False  # the writer holds a frame it has taken from the queue
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._queue: asyncio.Queue[str | None] | None = None
         self.bucket = bucket
         self.abuse = abuse
         self.rooms: dict[str, RoomView] = {}
@@ -71,8 +74,16 @@ class Connection:
             view = self.rooms[room_id] = RoomView()
         return view
 
-    def start(self) -> None:
-        self.writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+    def queued(self) -> int:
+        """Frames waiting for the socket."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def _enqueue(self, item: str | None) -> None:
+        """Queue behind what waits (QueueFull when full); the writer starts on first use."""
+        if self._queue is None:
+            self._queue = asyncio.Queue(maxsize=self.queue_size)
+            self.writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+        self._queue.put_nowait(item)
 
     def push(self, text: str, wire: bytes | None = None) -> bool:
         """Send a frame: written at once when nothing is waiting before it, else queued.
@@ -86,13 +97,13 @@ class Connection:
         if (
             write is not None
             and not self._writing
-            and self.queue.empty()
+            and (self._queue is None or self._queue.empty())
             and write(wire if wire is not None else text_frame(text.encode()))
         ):
             count_frame_out(text)
             return True
         try:
-            self.queue.put_nowait(text)
+            self._enqueue(text)
             count_frame_out(text)
             return True
         except asyncio.QueueFull:
@@ -113,7 +124,7 @@ class Connection:
         if self.writer is not None and code != 4408:
             # let queued frames go out first (bounded) so nothing already sent is cut short
             with contextlib.suppress(asyncio.QueueFull):
-                self.queue.put_nowait(None)
+                self._enqueue(None)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self.writer), 2.0)
         if self.writer is not None:
@@ -124,7 +135,8 @@ class Connection:
     async def _write_loop(self) -> None:
         try:
             while True:
-                text = await self.queue.get()
+                assert self._queue is not None  # created with this task
+                text = await self._queue.get()
                 if text is None:
                     return
                 self._writing = True

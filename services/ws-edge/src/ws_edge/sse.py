@@ -85,7 +85,7 @@ class SseConnection(Connection):
 
 async def _room_space(conn: Connection) -> None:
     """Backpressure for replays: wait while the send queue is more than half full."""
-    while conn.queue.qsize() > conn.queue.maxsize // 2 and not conn.closed:  # noqa: ASYNC110
+    while conn.queued() > conn.queue_size // 2 and not conn.closed:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
 
 

@@ -37,6 +37,21 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", _OPCODE_TEXT_FIN, 127, n) + payload
 
 
+def release_handshake(receive: object) -> None:
+    """Drop the handshake request and response uvicorn's protocol keeps after the upgrade.
+
+    Why: nothing reads them once the connection is open (uvicorn 0.55 uses them only while
+    answering the handshake), and with their headers they are about 2.7 KB per idle socket.
+    """
+    protocol = getattr(receive, "__self__", None)
+    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        return
+    if getattr(protocol, "handshake_complete", False):
+        for name in ("request", "response"):
+            if hasattr(protocol, name):
+                setattr(protocol, name, None)
+
+
 class DirectWriter:
     """Writes prebuilt frames to one uvicorn `websockets-sansio` connection's transport."""
 

@@ -74,7 +74,6 @@ class EventStream(Response):
             TokenBucket(settings.rate_burst, settings.rate_per_second, time.monotonic()),
             AbuseMeter(settings.abuse_refusals, settings.abuse_window_seconds),
         )
-        conn.start()
         conn.push_comment(f"stream of {conn.user_id}\nretry: {RETRY_MS}")
 
         async def watch_disconnect() -> None:

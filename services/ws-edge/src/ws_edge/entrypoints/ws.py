@@ -7,13 +7,14 @@ import contextlib
 import logging
 import time
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, FastAPI, WebSocket
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.ws import ErrorFrame
-from ws_edge.adapters.direct_ws import DirectWriter
+from ws_edge.adapters.direct_ws import DirectWriter, release_handshake
 from ws_edge.connection import Connection, WriteFrame
 from ws_edge.domain.frames import error_frame, parse_client_frame
 from ws_edge.domain.limits import AbuseMeter, TokenBucket, UserBuckets
@@ -56,6 +57,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         await _deny(websocket, 429, ErrorCode.RATE_LIMITED, "too many connections for this user")
         return
     await websocket.accept()
+    release_handshake(websocket._receive)
     now = time.monotonic()
     user_buckets: UserBuckets = websocket.app.state.user_buckets
     user_bucket = user_buckets.acquire(claims.user_id, now)
@@ -82,7 +84,6 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         AbuseMeter(settings.abuse_refusals, settings.abuse_window_seconds),
         _direct_writer(websocket, settings),
     )
-    conn.start()
     try:
         await hub.attach(conn)
         await _read_loop(websocket, hub, conn, settings, user_bucket)
@@ -105,6 +106,27 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         with contextlib.suppress(Exception):
             if conn.close_code is None:
                 await websocket.close()
+
+
+class DirectWsRoute:
+    """ASGI wrapper of the edge app: `/ws` handshakes go to `ws_endpoint` at once.
+
+    Why: through FastAPI, every open socket keeps its whole call chain suspended for its
+    lifetime: the middleware frames (none of which acts on WebSockets), routing, and the
+    `AsyncExitStack`s of dependency handling. At 10,000 sockets per node that is memory held for
+    nothing; the endpoint does its own checks (origin, token, limits). Other paths, and `/ws`
+    in tests that use the FastAPI app directly, take the normal route to the same endpoint.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app  # also how the server's shutdown hook finds app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            scope["app"] = self.app  # `websocket.app.state` as under FastAPI
+            await ws_endpoint(WebSocket(scope, receive, send))
+            return
+        await self.app(scope, receive, send)
 
 
 def _direct_writer(websocket: WebSocket, settings: Settings) -> WriteFrame | None:
@@ -150,10 +172,10 @@ async def _await_reader(conn: Connection, patience: float) -> None:
     read for `patience` seconds is too slow (4408).
     """
     await asyncio.sleep(0)  # let the writer run between frames
-    if conn.queue.qsize() * 2 < conn.queue.maxsize:
+    if conn.queued() * 2 < conn.queue_size:
         return
     deadline = time.monotonic() + patience
-    while conn.queue.qsize() * 2 >= conn.queue.maxsize and not conn.closed:
+    while conn.queued() * 2 >= conn.queue_size and not conn.closed:
         if time.monotonic() > deadline:
             conn.close_soon(4408, "too slow: answers not read")
             return
