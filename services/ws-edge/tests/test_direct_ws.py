@@ -18,7 +18,7 @@ from websockets.streams import StreamReader
 
 from infra.auth import Claims
 from mesh.servers import free_port
-from ws_edge.adapters.direct_ws import DirectWriter, text_frame
+from ws_edge.adapters.direct_ws import DirectWriter, release_handshake, text_frame
 from ws_edge.connection import Connection
 from ws_edge.domain.limits import AbuseMeter, TokenBucket
 
@@ -98,6 +98,9 @@ async def _serve(deflate: bool) -> tuple[uvicorn.Server, asyncio.Task[None], int
 
     async def endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
+        release_handshake(websocket._receive)
+        protocol = websocket._receive.__self__  # type: ignore[attr-defined]
+        attached.append(protocol.request is None and protocol.response is None)
         writer = DirectWriter.attach(websocket._receive)
         attached.append(writer is not None)
         if writer is None:
@@ -133,7 +136,7 @@ async def test_attaches_to_the_edges_uvicorn_protocol_and_frames_arrive_in_order
     try:
         async with websockets.connect(f"ws://127.0.0.1:{port}/ws", compression=None) as ws:
             got = [json.loads(await asyncio.wait_for(ws.recv(), 5))["n"] for _ in range(4)]
-        assert attached == [True]
+        assert attached == [True, True]  # handshake released, writer attached
         assert got == [0, 1, 2, 3]
     finally:
         server.should_exit = True
@@ -145,7 +148,7 @@ async def test_not_attached_when_permessage_deflate_was_negotiated() -> None:
     try:
         async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
             got = json.loads(await asyncio.wait_for(ws.recv(), 5))
-        assert attached == [False]
+        assert attached == [True, False]
         assert got == {"n": 0}
     finally:
         server.should_exit = True
