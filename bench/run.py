@@ -1058,6 +1058,8 @@ def on_signal(signum: int, frame: object) -> None:
     for stack in LIVE_STACKS:
         with contextlib.suppress(Exception):
             stack.stop()
+        if not os.environ.get("BENCH_KEEP_LOGS"):  # as after a normal run: no temp folder left
+            shutil.rmtree(stack.workdir, ignore_errors=True)
     os._exit(128 + signum)
 
 
