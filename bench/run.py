@@ -51,6 +51,7 @@ class Config:
     out: Path = BENCH / "results"
     profile: bool = False
     profile_format: str = "flamegraph"
+    store_in_memory: bool = False
     quick: bool = False
     loadgens: int = 1
     pause: float = 1.0  # seconds of quiet after connecting, x3 before measuring idle RSS
@@ -993,6 +994,11 @@ def parse(argv: list[str] | None = None) -> Config:
     ap.add_argument("--linear-clients", type=int, help="linear: base clients (doubled: 2x)")
     ap.add_argument("--linear-room-size", type=int, help="linear: room size (even)")
     ap.add_argument("--linear-rate", type=float, help="linear: msg/s sent by each client")
+    ap.add_argument(
+        "--store-in-memory",
+        action="store_true",
+        help="diagnostic: the mesh's dynalite keeps its tables in memory, not on disk",
+    )
     a = ap.parse_args(argv)
     cfg = Config(
         stacks=[s for s in a.stacks.split(",") if s],
@@ -1001,7 +1007,9 @@ def parse(argv: list[str] | None = None) -> Config:
         profile=a.profile,
         profile_format=a.profile_format,
         quick=a.quick or a.smoke,
+        store_in_memory=a.store_in_memory,
     )
+    MeshStack.store_in_memory = cfg.store_in_memory
     for s in cfg.stacks:
         if s not in STACKS:
             ap.error(f"unknown stack {s!r} (one of {', '.join(STACKS)})")

@@ -119,9 +119,14 @@ class MeshStack(Stack):
     name = "chat-mesh"
     proto = "mesh"
     python_processes = ("users", "rooms", "history", "edge-a", "edge-b")
+    # diagnostic (`--store-in-memory`): dynalite without its LevelDB on disk, to show what the
+    # store's disk path costs; `make run` and the default bench keep the store on disk
+    store_in_memory = False
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
+        if self.store_in_memory:
+            self.name = "chat-mesh (store in memory)"
         self.infra: Infra | None = None
         self.services: dict[str, ServiceProcess] = {}
         self._launcher: ServiceLauncher | None = None
@@ -147,7 +152,8 @@ class MeshStack(Stack):
             servers.start_nats(servers.free_port(), self.workdir / "nats", logs / "nats.log")
         )
         redis_url = self._redis()
-        dyn = servers.start_dynalite(servers.free_port(), self.workdir / "dynamo", logs / "dyn.log")
+        store_dir = None if self.store_in_memory else self.workdir / "dynamo"
+        dyn = servers.start_dynalite(servers.free_port(), store_dir, logs / "dyn.log")
         dyn.name = "dynalite"
         self._server(dyn)
         prefix = "bench_"
