@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
+
 from contracts.bus import CreateMessageCommand
 from ws_edge.ordering import RoomSequencer
+
+
+def _releases(cause: str) -> float:
+    value = REGISTRY.get_sample_value("chat_ws_sequencer_releases_total", {"cause": cause})
+    return value or 0.0
 
 
 def _cmd(room: str, mid: str) -> CreateMessageCommand:
@@ -42,12 +49,14 @@ async def test_queue_is_bounded_and_timeout_releases() -> None:
     async def publish(command: CreateMessageCommand) -> None:
         sent.append(command.messageId)
 
+    timeouts = _releases("timeout")
     seq = RoomSequencer(publish, lambda c, e: None, timeout=0.05, max_queued=1)
     assert await seq.submit(_cmd("r", "a"))
     assert await seq.submit(_cmd("r", "b"))
     assert not await seq.submit(_cmd("r", "c"))
     await asyncio.sleep(0.2)
     assert sent == ["a", "b"]
+    assert _releases("timeout") >= timeouts + 1  # counted: order may not hold past it
     seq.close()
 
 
@@ -61,6 +70,7 @@ async def test_publish_failure_reported_and_queue_continues() -> None:
             raise ConnectionError("bus down")
         sent.append(command.messageId)
 
+    errors, stored = _releases("publish_error"), _releases("stored")
     seq = RoomSequencer(publish, lambda c, e: failures.append(c.messageId), 30, 5)
     await seq.submit(_cmd("r", "a"))
     await seq.submit(_cmd("r", "bad"))
@@ -69,4 +79,6 @@ async def test_publish_failure_reported_and_queue_continues() -> None:
     await asyncio.sleep(0.05)
     assert failures == ["bad"]
     assert sent == ["a", "c"]
+    assert _releases("publish_error") == errors + 1
+    assert _releases("stored") == stored + 1
     seq.close()

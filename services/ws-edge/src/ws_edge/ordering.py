@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from contracts.bus import CreateMessageCommand
+from infra.metrics import WS_SEQUENCER_RELEASES
+
+log = logging.getLogger(__name__)
 
 Publish = Callable[[CreateMessageCommand], Awaitable[None]]
 OnFailure = Callable[[CreateMessageCommand, Exception], None]
@@ -52,14 +56,25 @@ class RoomSequencer:
 
     async def _send(self, command: CreateMessageCommand) -> None:
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(self._timeout, self.resolved, command.roomId, command.messageId)
+        timer = loop.call_later(self._timeout, self._timed_out, command.roomId, command.messageId)
         self._inflight[command.roomId] = (command.messageId, timer)
         try:
             await self._publish(command)
-        except Exception:
+        except Exception as exc:
+            # the stream may have stored it all the same (an ack lost): order is not assured
+            log.warning("publish of %s failed (%s): next message let go", command.messageId, exc)
+            WS_SEQUENCER_RELEASES.labels("publish_error").inc()
             self._clear(command.roomId)
             self._next(command.roomId)
             raise
+
+    def _timed_out(self, room_id: str, message_id: str) -> None:
+        entry = self._inflight.get(room_id)
+        if entry is not None and entry[0] == message_id:
+            log.warning("%s not stored within %.0f s: next one let go", message_id, self._timeout)
+            WS_SEQUENCER_RELEASES.labels("timeout").inc()
+            self._clear(room_id)
+            self._next(room_id)
 
     def _clear(self, room_id: str) -> None:
         entry = self._inflight.pop(room_id, None)
@@ -71,6 +86,7 @@ class RoomSequencer:
         entry = self._inflight.get(room_id)
         if entry is None or entry[0] != message_id:
             return
+        WS_SEQUENCER_RELEASES.labels("stored").inc()
         self._clear(room_id)
         self._next(room_id)
 
