@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import REGISTRY
 
 from contracts.bus import CreateMessageCommand
@@ -61,7 +62,8 @@ async def test_queue_is_bounded_and_timeout_releases() -> None:
 
 
 async def test_publish_failure_reported_and_queue_continues() -> None:
-    """A queued message whose publish fails is reported; later ones still go out."""
+    """A queued message whose publish fails is reported; later ones go out once it turns up
+    stored (its publish may have reached the stream) or after the timeout, never before."""
     sent: list[str] = []
     failures: list[str] = []
 
@@ -78,7 +80,20 @@ async def test_publish_failure_reported_and_queue_continues() -> None:
     seq.resolved("r", "a")
     await asyncio.sleep(0.05)
     assert failures == ["bad"]
+    assert sent == ["a"]  # c waits: "bad" may still be stored from the stream
+    seq.resolved("r", "bad")  # its message_created came
+    await asyncio.sleep(0.05)
     assert sent == ["a", "c"]
     assert _releases("publish_error") == errors + 1
-    assert _releases("stored") == stored + 1
+    assert _releases("stored") == stored + 2
+
+    timeouts = _releases("timeout")
+    quick = RoomSequencer(publish, lambda c, e: failures.append(c.messageId), 0.05, 5)
+    with pytest.raises(ConnectionError):  # sent at once: the caller sees the failure
+        await quick.submit(_cmd("q", "bad"))
+    await quick.submit(_cmd("q", "d"))
+    await asyncio.sleep(0.2)  # never stored: the timer lets the next one go
+    assert sent == ["a", "c", "d"]
+    assert _releases("timeout") >= timeouts + 1
+    quick.close()
     seq.close()

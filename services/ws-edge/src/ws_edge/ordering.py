@@ -61,11 +61,11 @@ class RoomSequencer:
         try:
             await self._publish(command)
         except Exception as exc:
-            # the stream may have stored it all the same (an ack lost): order is not assured
-            log.warning("publish of %s failed (%s): next message let go", command.messageId, exc)
+            # The stream may have stored it all the same (an ack lost), so the next message
+            # still waits: for this one's message_created, or the timer. The client is told
+            # to retry; its retry queues behind and is a harmless duplicate if it was stored.
+            log.warning("publish of %s failed (%s): next waits", command.messageId, exc)
             WS_SEQUENCER_RELEASES.labels("publish_error").inc()
-            self._clear(command.roomId)
-            self._next(command.roomId)
             raise
 
     def _timed_out(self, room_id: str, message_id: str) -> None:
