@@ -49,11 +49,12 @@ WS_FRAMES_IN = Counter("chat_ws_frames_in_total", "Client frames handled, by act
 WS_FRAMES_OUT = Counter("chat_ws_frames_out_total", "Frames queued to clients, by type", ["type"])
 WS_QUEUE_FRAMES = Gauge("chat_ws_send_queue_frames", "Frames waiting in all send queues")
 WS_QUEUE_MAX = Gauge("chat_ws_send_queue_max_frames", "Longest send queue of one connection")
-# why a connection's next create_message was let go: `stored` (or refused) keeps the sending
-# order with several history replicas; `timeout` and `publish_error` may not
+# how a connection's create_message in flight ended: `stored` (or refused) lets the next one
+# go in order; `timeout` lets it go without knowing (order not assured with several history
+# replicas); `publish_error` counts failed publishes, which hold the next one until either
 WS_SEQUENCER_RELEASES = Counter(
     "chat_ws_sequencer_releases_total",
-    "Next message of a connection and room let go, by cause",
+    "create_message in flight of a connection and room: how it ended, by cause",
     ["cause"],
 )
 CONSUMER_PENDING = Gauge(

@@ -56,7 +56,9 @@ class RoomSequencer:
 
     async def _send(self, command: CreateMessageCommand) -> None:
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(self._timeout, self._timed_out, command.roomId, command.messageId)
+        timer = loop.call_later(
+            self._timeout, self.resolved, command.roomId, command.messageId, "timeout"
+        )
         self._inflight[command.roomId] = (command.messageId, timer)
         try:
             await self._publish(command)
@@ -68,25 +70,19 @@ class RoomSequencer:
             WS_SEQUENCER_RELEASES.labels("publish_error").inc()
             raise
 
-    def _timed_out(self, room_id: str, message_id: str) -> None:
-        entry = self._inflight.get(room_id)
-        if entry is not None and entry[0] == message_id:
-            log.warning("%s not stored within %.0f s: next one let go", message_id, self._timeout)
-            WS_SEQUENCER_RELEASES.labels("timeout").inc()
-            self._clear(room_id)
-            self._next(room_id)
-
     def _clear(self, room_id: str) -> None:
         entry = self._inflight.pop(room_id, None)
         if entry is not None:
             entry[1].cancel()
 
-    def resolved(self, room_id: str, message_id: str) -> None:
-        """The message in flight for this room was stored or refused (or timed out)."""
+    def resolved(self, room_id: str, message_id: str, cause: str = "stored") -> None:
+        """The message in flight for this room was stored or refused, or timed out."""
         entry = self._inflight.get(room_id)
         if entry is None or entry[0] != message_id:
             return
-        WS_SEQUENCER_RELEASES.labels("stored").inc()
+        if cause != "stored":
+            log.warning("%s not stored within %.0f s: next one let go", message_id, self._timeout)
+        WS_SEQUENCER_RELEASES.labels(cause).inc()
         self._clear(room_id)
         self._next(room_id)
 
