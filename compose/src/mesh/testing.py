@@ -265,7 +265,10 @@ def infra() -> Iterator[Infra]:
         finally:
             for proc in result.procs.values():
                 proc.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
+            if os.environ.get("CHAT_TEST_KEEP_WORKDIR"):  # to read the processes' logs later
+                print(f"\ntest workdir kept: {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclass

@@ -43,6 +43,27 @@ async def test_next_message_waits_for_previous() -> None:
     seq.close()
 
 
+async def test_frame_arriving_right_after_a_release_queues_behind() -> None:
+    """Between a release and the queued message's publish, a new frame must not overtake it
+    (found by tests/test_realtime.py under CPU load: one sender's #8 stored before its #2)."""
+    sent: list[str] = []
+
+    async def publish(command: CreateMessageCommand) -> None:
+        sent.append(command.messageId)
+
+    seq = RoomSequencer(publish, lambda c, e: None, timeout=30, max_queued=5)
+    assert await seq.submit(_cmd("r", "m1"))
+    assert await seq.submit(_cmd("r", "m2"))
+    seq.resolved("r", "m1")  # m2's publish is scheduled, not yet started
+    assert await seq.submit(_cmd("r", "m3"))  # arrives in that window
+    await asyncio.sleep(0.01)
+    assert sent == ["m1", "m2"]  # m3 waits for m2
+    seq.resolved("r", "m2")
+    await asyncio.sleep(0.01)
+    assert sent == ["m1", "m2", "m3"]
+    seq.close()
+
+
 async def test_queue_is_bounded_and_timeout_releases() -> None:
     """A full queue refuses; an unanswered message releases the next after the timeout."""
     sent: list[str] = []

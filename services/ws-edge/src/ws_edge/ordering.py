@@ -51,15 +51,19 @@ class RoomSequencer:
                 return False
             queue.append(command)
             return True
+        self._reserve(command)
         await self._send(command)
         return True
 
-    async def _send(self, command: CreateMessageCommand) -> None:
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(
+    def _reserve(self, command: CreateMessageCommand) -> None:
+        """Mark the command in flight at once (before any await): a frame arriving before its
+        publish starts must queue behind it, not overtake it."""
+        timer = asyncio.get_running_loop().call_later(
             self._timeout, self.resolved, command.roomId, command.messageId, "timeout"
         )
         self._inflight[command.roomId] = (command.messageId, timer)
+
+    async def _send(self, command: CreateMessageCommand) -> None:
         try:
             await self._publish(command)
         except Exception as exc:
@@ -92,6 +96,7 @@ class RoomSequencer:
             self._queued.pop(room_id, None)
             return
         command = queue.popleft()
+        self._reserve(command)  # in flight now, not when the task first runs
         task = asyncio.get_running_loop().create_task(self._send_queued(command))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
