@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from contracts.bus import CreateMessageCommand
-from ws_edge.ordering import RoomSequencer
+from ws_edge.ordering import Publish, RoomSequencer
 
 
 def _releases(cause: str) -> float:
@@ -22,13 +22,19 @@ def _cmd(room: str, mid: str) -> CreateMessageCommand:
     )
 
 
-async def test_next_message_waits_for_previous() -> None:
-    """A room's second message is published only after the first one is resolved."""
+def _recorder() -> tuple[list[str], Publish]:
+    """A publish that records the messageIds it was given, in order."""
     sent: list[str] = []
 
     async def publish(command: CreateMessageCommand) -> None:
         sent.append(command.messageId)
 
+    return sent, publish
+
+
+async def test_next_message_waits_for_previous() -> None:
+    """A room's second message is published only after the first one is resolved."""
+    sent, publish = _recorder()
     seq = RoomSequencer(publish, lambda c, e: None, timeout=30, max_queued=5)
     assert await seq.submit(_cmd("r", "m1"))
     assert await seq.submit(_cmd("r", "m2"))
@@ -46,11 +52,7 @@ async def test_next_message_waits_for_previous() -> None:
 async def test_frame_arriving_right_after_a_release_queues_behind() -> None:
     """Between a release and the queued message's publish, a new frame must not overtake it
     (found by tests/test_realtime.py under CPU load: one sender's #8 stored before its #2)."""
-    sent: list[str] = []
-
-    async def publish(command: CreateMessageCommand) -> None:
-        sent.append(command.messageId)
-
+    sent, publish = _recorder()
     seq = RoomSequencer(publish, lambda c, e: None, timeout=30, max_queued=5)
     assert await seq.submit(_cmd("r", "m1"))
     assert await seq.submit(_cmd("r", "m2"))
