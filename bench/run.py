@@ -727,7 +727,7 @@ async def stored_counts(stack: MeshStack, rooms: list[str]) -> dict[str, int]:
 async def put_ceiling(stack: MeshStack, concurrency: int, seconds: float) -> dict[str, Any]:
     """The store's own ceiling: single-item conditional PutItems from the services' client."""
     from infra.settings import CommonSettings
-    from infra.store import open_dynamo, open_dynamo_admin
+    from infra.store import if_absent, open_dynamo, open_dynamo_admin
 
     assert stack.infra is not None
     settings = CommonSettings(dynamo_url=stack.infra.dynamo_url, table_prefix="bench_")
@@ -775,7 +775,7 @@ async def put_ceiling(stack: MeshStack, concurrency: int, seconds: float) -> dic
                             "content": {"S": body},
                             "messageId": {"S": f"m-{w}-{seq}"},
                         },
-                        ConditionExpression="attribute_not_exists(pk)",
+                        **if_absent("pk"),  # the services' form of the condition
                     )
                     done += 1
                 except Exception:

@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 
 from infra.dynamo_http import DynamoHttpClient, SigV4
 from infra.settings import CommonSettings
-from infra.store import is_conditional_failure, open_dynamo
+from infra.store import if_absent, is_conditional_failure, key_conditions, open_dynamo
 from mesh.testing import Infra
 
 
@@ -86,6 +86,69 @@ async def test_conditional_put_query_and_errors(client: DynamoHttpClient, infra:
     with pytest.raises(ClientError) as missing:
         await client.get_item(TableName="no_such_table", Key={"pk": {"S": "x"}})
     assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+async def test_legacy_condition_forms_mean_what_the_expressions_mean(
+    client: DynamoHttpClient, infra: Infra
+) -> None:
+    """`if_absent` refuses an existing key like `attribute_not_exists`, and `key_conditions`
+    selects what the same KeyConditionExpression does, for every operator the services use."""
+    table = f"{infra.table_prefix}messages"
+    room = "room_legacy"
+    for seq in range(1, 8):
+        item = {"pk": {"S": room}, "sk": {"N": str(seq)}, "messageId": {"S": f"m{seq}"}}
+        await client.put_item(TableName=table, Item=item, **if_absent("pk"))
+    with pytest.raises(ClientError) as refused:
+        await client.put_item(
+            TableName=table,
+            Item={"pk": {"S": room}, "sk": {"N": "3"}, "messageId": {"S": "other"}},
+            **if_absent("pk"),
+        )
+    assert is_conditional_failure(refused.value)
+    cases: list[tuple[tuple[str, str, tuple[int, ...]] | None, str, dict[str, Any]]] = [
+        (None, "pk = :p", {}),
+        (("sk", "GT", (5,)), "pk = :p AND sk > :a", {":a": {"N": "5"}}),
+        (("sk", "LT", (3,)), "pk = :p AND sk < :a", {":a": {"N": "3"}}),
+        (
+            ("sk", "BETWEEN", (2, 4)),
+            "pk = :p AND sk BETWEEN :a AND :b",
+            {":a": {"N": "2"}, ":b": {"N": "4"}},
+        ),
+    ]
+    for sort, expression, values in cases:
+        legacy = await client.query(
+            TableName=table, **key_conditions(("pk", room), sort), ConsistentRead=True
+        )
+        modern = await client.query(
+            TableName=table,
+            KeyConditionExpression=expression,
+            ExpressionAttributeValues={":p": {"S": room}, **values},
+            ConsistentRead=True,
+        )
+        assert legacy["Items"] == modern["Items"]
+        assert legacy["Items"]  # every case selects something
+    seqs = [
+        int(i["sk"]["N"])
+        for i in (
+            await client.query(
+                TableName=table,
+                **key_conditions(("pk", room), ("sk", "BETWEEN", (2, 4))),
+                ConsistentRead=True,
+            )
+        )["Items"]
+    ]
+    assert seqs == [2, 3, 4]
+    newest = await client.query(
+        TableName=table,
+        **key_conditions(("pk", room)),
+        AttributesToGet=["sk"],
+        ScanIndexForward=False,
+        Limit=1,
+        ConsistentRead=True,
+    )
+    assert newest["Items"] == [{"sk": {"N": "7"}}]
+    stored = await client.get_item(TableName=table, Key={"pk": {"S": room}, "sk": {"N": "3"}})
+    assert stored["Item"]["messageId"] == {"S": "m3"}  # the refused put changed nothing
 
 
 async def test_unreachable_store_is_a_client_error() -> None:

@@ -16,7 +16,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from contracts.rest import Message
 from history_service.domain import Claim, RoomMeta, Unavailable
-from infra.store import DynamoDBClient, from_item, is_conditional_failure, to_item
+from infra.store import (
+    DynamoDBClient,
+    from_item,
+    if_absent,
+    is_conditional_failure,
+    key_conditions,
+    to_item,
+)
 
 T = TypeVar("T")
 
@@ -99,7 +106,7 @@ class DynamoMessageStore:
                 self._db.put_item(
                     TableName=table,
                     Item=to_item(item),
-                    ConditionExpression="attribute_not_exists(pk)",
+                    **if_absent("pk"),
                 )
             )
         except ClientError as exc:
@@ -145,24 +152,19 @@ class DynamoMessageStore:
     async def messages_after(
         self, room_id: str, after: int, limit: int | None = None, up_to: int | None = None
     ) -> Rows:
-        values: dict[str, Any] = {":p": room_id}
         if up_to is None:
-            condition = "pk = :p AND sk > :a"
-            values[":a"] = after
+            keys = key_conditions(("pk", room_id), ("sk", "GT", (after,)))
         else:
             if up_to <= after:
                 return Rows([], 0)
-            condition = "pk = :p AND sk BETWEEN :a AND :u"
-            values[":a"] = after + 1
-            values[":u"] = up_to
+            keys = key_conditions(("pk", room_id), ("sk", "BETWEEN", (after + 1, up_to)))
         found: list[Message] = []
         trips = 0
         start: dict[str, Any] | None = None
         while True:
             kwargs: dict[str, Any] = {
                 "TableName": self._messages,
-                "KeyConditionExpression": condition,
-                "ExpressionAttributeValues": to_item(values),
+                **keys,
                 "ConsistentRead": True,
                 "ScanIndexForward": True,
             }
@@ -181,18 +183,15 @@ class DynamoMessageStore:
         return Rows(found, trips)
 
     async def messages_before(self, room_id: str, before: int | None, limit: int) -> list[Message]:
-        values: dict[str, Any] = {":p": room_id}
-        condition = "pk = :p"
+        keys = key_conditions(("pk", room_id))
         if before is not None:
             if before <= 1:
                 return []
-            condition += " AND sk < :b"
-            values[":b"] = before
+            keys = key_conditions(("pk", room_id), ("sk", "LT", (before,)))
         page = await self._call(
             self._db.query(
                 TableName=self._messages,
-                KeyConditionExpression=condition,
-                ExpressionAttributeValues=to_item(values),
+                **keys,
                 ConsistentRead=True,
                 ScanIndexForward=False,
                 Limit=limit,
@@ -204,9 +203,8 @@ class DynamoMessageStore:
         page = await self._call(
             self._db.query(
                 TableName=self._messages,
-                KeyConditionExpression="pk = :p",
-                ExpressionAttributeValues=to_item({":p": room_id}),
-                ProjectionExpression="sk",
+                **key_conditions(("pk", room_id)),
+                AttributesToGet=["sk"],
                 ConsistentRead=True,
                 ScanIndexForward=False,
                 Limit=1,
@@ -243,8 +241,7 @@ class DynamoMessageStore:
         await self._call(
             self._db.query(
                 TableName=self._meta,
-                KeyConditionExpression="pk = :p",
-                ExpressionAttributeValues=to_item({":p": "ping"}),
+                **key_conditions(("pk", "ping")),
                 Limit=1,
             )
         )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from contracts.rest import Room, RoomParticipant, User
-from infra.store import DynamoDBClient, from_item, to_item
+from infra.store import DynamoDBClient, from_item, key_conditions, to_item
 from rooms_service import domain
 
 BATCH_WRITE_MAX = 25
@@ -144,8 +144,7 @@ class DynamoRoomStore:
         while True:
             kwargs: dict[str, Any] = {
                 "TableName": self._table,
-                "KeyConditionExpression": "pk = :pk",
-                "ExpressionAttributeValues": {":pk": {"S": pk}},
+                **key_conditions(("pk", pk)),
                 "ConsistentRead": True,
                 "ScanIndexForward": not newest_first,
             }

@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from contracts.rest import User
-from infra.store import DynamoDBClient, from_item, is_conditional_failure, to_item
+from infra.store import (
+    DynamoDBClient,
+    from_item,
+    if_absent,
+    is_conditional_failure,
+    key_conditions,
+    to_item,
+)
 from users_service.domain import BATCH_GET_MAX
 
 PARTITION = "users"
@@ -67,7 +74,7 @@ class DynamoUserStore:
             await self._client.put_item(
                 TableName=self._table,
                 Item=item,
-                ConditionExpression="attribute_not_exists(sk)",
+                **if_absent("sk"),
             )
         except Exception as exc:
             if is_conditional_failure(exc):
@@ -113,8 +120,7 @@ class DynamoUserStore:
         while len(users) < count:
             kwargs: dict[str, Any] = {
                 "TableName": self._table,
-                "KeyConditionExpression": "pk = :pk",
-                "ExpressionAttributeValues": {":pk": {"S": PARTITION}},
+                **key_conditions(("pk", PARTITION)),
                 "ConsistentRead": True,
                 "ScanIndexForward": True,
                 "Limit": count - len(users),
