@@ -14,9 +14,13 @@ from nats.aio.msg import Msg
 
 from contracts import subjects
 from contracts.bus import GetUserQuery, GetUserReply, UserCreated
+from contracts.rest import User
 from infra.auth import TokenService
+from infra.store import open_dynamo
 from mesh.testing import ServiceLauncher
+from users_service.adapters.store import PARTITION, DynamoUserStore, UserAlreadyExistsError
 from users_service.domain import encode_cursor
+from users_service.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +55,31 @@ def next_link(answer: httpx.Response) -> str | None:
     assert link.startswith("<")
     assert link.endswith('>; rel="next"')
     return link[1 : -len('>; rel="next"')]
+
+
+async def test_a_retried_put_that_was_applied_is_not_a_taken_id(
+    users_settings: Settings,
+) -> None:
+    """The store client retries a put whose answer was lost; when the first attempt was
+    applied the retry is refused by the condition. That must count as stored (else create_user
+    stores the user again under a new id); another user under the id is still refused."""
+    async with open_dynamo(users_settings) as db:
+        store = DynamoUserStore(db, users_settings.users_table)
+        user = User(id="user_00000000000000000RETRIED", name="Retried", avatar=None)
+        created_at = "2026-12-04T10:00:00.000Z"
+        try:
+            await store.add(user, created_at)  # the first attempt, applied
+            await store.add(user, created_at)  # its retry: no error
+            assert await store.get(user.id) == user
+            with pytest.raises(UserAlreadyExistsError):
+                await store.add(User(id=user.id, name="Someone else", avatar=None), created_at)
+            with pytest.raises(UserAlreadyExistsError):
+                await store.add(user, "2026-12-04T10:00:01.000Z")  # same name, later: not ours
+        finally:  # the listing tests share the table
+            await db.delete_item(
+                TableName=users_settings.users_table,
+                Key={"pk": {"S": PARTITION}, "sk": {"S": user.id}},
+            )
 
 
 async def test_create_user_answers_the_seed_shape_plus_token(

@@ -26,7 +26,8 @@ _BATCH_RETRIES = 8
 
 
 class UserAlreadyExistsError(Exception):
-    """The conditional put found an item with that id (never expected with generated ids)."""
+    """The conditional put found another user with that id (never expected with generated
+    ids); finding the very item being written (a retried put) is not this error."""
 
 
 class UserStore(Protocol):
@@ -77,9 +78,16 @@ class DynamoUserStore:
                 **if_absent("sk"),
             )
         except Exception as exc:
-            if is_conditional_failure(exc):
+            if not is_conditional_failure(exc):
+                raise
+            # The client retries a put whose answer was lost; if the first attempt was
+            # applied, the item found is ours: that is success, not a taken id (which would
+            # make the caller store the user again under a new id: an orphan user).
+            stored = await self._client.get_item(
+                TableName=self._table, Key={"pk": item["pk"], "sk": item["sk"]}, ConsistentRead=True
+            )
+            if stored.get("Item") != item:
                 raise UserAlreadyExistsError(user.id) from exc
-            raise
 
     async def get(self, user_id: str) -> User | None:
         answer = await self._client.get_item(
