@@ -37,16 +37,27 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", _OPCODE_TEXT_FIN, 127, n) + payload
 
 
+def server_protocol(receive: object) -> Any:
+    """The server's protocol object behind an ASGI `receive` (uvicorn passes one of its bound
+    methods), or None. The one place that reaches past ASGI: direct writes, the handshake
+    release and aborting a stuck socket all start here, so a server change is handled once."""
+    return getattr(receive, "__self__", None)
+
+
+def _sansio_protocol(receive: object) -> Any:
+    """uvicorn's `websockets-sansio` protocol behind `receive`, or None for any other."""
+    protocol = server_protocol(receive)
+    return protocol if type(protocol).__name__ == "WebSocketsSansIOProtocol" else None
+
+
 def release_handshake(receive: object) -> None:
     """Drop the handshake request and response uvicorn's protocol keeps after the upgrade.
 
     Why: nothing reads them once the connection is open (uvicorn 0.55 uses them only while
     answering the handshake), and with their headers they are about 2.7 KB per idle socket.
     """
-    protocol = getattr(receive, "__self__", None)
-    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
-        return
-    if getattr(protocol, "handshake_complete", False):
+    protocol = _sansio_protocol(receive)
+    if protocol is not None and getattr(protocol, "handshake_complete", False):
         for name in ("request", "response"):
             if hasattr(protocol, name):
                 setattr(protocol, name, None)
@@ -64,8 +75,8 @@ class DirectWriter:
     def attach(cls, receive: object) -> DirectWriter | None:
         """The writer for the protocol behind an ASGI `receive`, or None if it is not one we
         know how to write to safely (another server or protocol, an extension negotiated)."""
-        protocol = getattr(receive, "__self__", None)
-        if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        protocol = _sansio_protocol(receive)
+        if protocol is None:
             return None
         conn = getattr(protocol, "conn", None)
         if conn is None or getattr(conn, "extensions", None) or not hasattr(conn, "state"):

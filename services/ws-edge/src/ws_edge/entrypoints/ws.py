@@ -14,7 +14,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.ws import ErrorFrame
-from ws_edge.adapters.direct_ws import DirectWriter, release_handshake
+from ws_edge.adapters.direct_ws import DirectWriter, release_handshake, server_protocol
 from ws_edge.connection import Connection, WriteFrame
 from ws_edge.domain.frames import error_frame, parse_client_frame
 from ws_edge.domain.limits import AbuseMeter, TokenBucket, UserBuckets
@@ -139,8 +139,7 @@ def _direct_writer(websocket: WebSocket, settings: Settings) -> WriteFrame | Non
 
 def _abort_transport(websocket: WebSocket) -> None:
     """Drop the TCP connection at once, discarding unsent data (uvicorn's transport)."""
-    owner = getattr(websocket._receive, "__self__", None)
-    transport = getattr(owner, "transport", None)
+    transport = getattr(server_protocol(websocket._receive), "transport", None)
     abort = getattr(transport, "abort", None)
     if callable(abort):
         abort()
