@@ -224,3 +224,29 @@ def test_lb_renders_the_one_nginx_template() -> None:
     rendered = lb.render(template, {k: str(v) for k, v in svc["environment"].items()})
     assert "${" not in rendered
     assert "$http_upgrade" in rendered
+
+
+def test_every_copied_path_is_in_the_build_context() -> None:
+    """.dockerignore excludes everything but what is named: each `COPY` source of every
+    Dockerfile must be one of those names (or under one), or the build fails on a machine
+    with Docker (which this one has not)."""
+    allowed = [
+        line[1:].rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    copied = 0
+    for dockerfile in ROOT.glob("**/Dockerfile"):
+        if any(part in (".venv", "node_modules") for part in dockerfile.parts):
+            continue
+        for line in dockerfile.read_text().splitlines():
+            words = line.split()
+            if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
+                continue
+            for source in words[1:-1]:
+                copied += 1
+                assert any(source == a or source.startswith(f"{a}/") for a in allowed), (
+                    f"{dockerfile.relative_to(ROOT)}: {source} is excluded by .dockerignore"
+                )
+                assert (ROOT / source).exists(), f"{dockerfile.relative_to(ROOT)}: {source}"
+    assert copied >= 10

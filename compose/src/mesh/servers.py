@@ -21,6 +21,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NODE_MODULES = REPO_ROOT / "compose" / "node_modules"
+# dynalite with LevelDB settings it does not expose (why: compose/dynalite/start.js)
+DYNALITE_START = REPO_ROOT / "compose" / "dynalite" / "start.js"
 
 
 class ServerError(RuntimeError):
@@ -258,9 +260,9 @@ def start_redis(port: int, data_dir: Path, log_path: Path) -> Proc:
 
 def dynalite_command(port: int, data_dir: Path | None) -> list[str]:
     """dynalite argv (LevelDB on disk under `data_dir`; in memory when None)."""
-    script = NODE_MODULES / "dynalite" / "cli.js"
-    if not script.exists():
+    if not (NODE_MODULES / "dynalite" / "cli.js").exists():
         raise ServerError("dynalite is not installed: run `make install` (npm ci in compose/)")
+    script = DYNALITE_START
     node = shutil.which("node")
     if not node:
         raise ServerError("node not found on PATH (Node.js 18+ is required for dynalite)")
