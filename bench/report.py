@@ -19,6 +19,15 @@ import psutil  # type: ignore[import-untyped]
 Record = dict[str, Any]
 BENCH = Path(__file__).resolve().parent
 STACK_ORDER = ["chat-mesh", "python-socketio", "node-socketio"]
+
+
+def ordered_stacks(rows: list[dict[str, Any]]) -> list[str]:
+    """The stacks in these rows: STACK_ORDER's first, then any other (`--store-in-memory`,
+    `running`) in the order met."""
+    names = list(dict.fromkeys(str(r["stack"]) for r in rows))
+    return sorted(names, key=lambda s: STACK_ORDER.index(s) if s in STACK_ORDER else 99)
+
+
 LINEAR_SHAPES = ["base", "clients_x2", "rooms_x2", "ratios"]
 
 
@@ -214,7 +223,7 @@ def table(agg: list[Record], raw: list[Record], meta: dict[str, Any]) -> str:
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
     ]
-    stacks = [s for s in STACK_ORDER if any(r["stack"] == s for r in agg)]
+    stacks = ordered_stacks(agg)
     fan = [r for r in agg if r["scenario"] == "fanout"]
     if fan:
         cfg = meta["config"]
@@ -366,7 +375,7 @@ def linear_table(agg: list[Record], raw: list[Record], meta: dict[str, Any]) -> 
         "rooms x2 CPU s | CPU ratio | frames ratio | linear (runs) | valid (runs) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in STACK_ORDER:
+    for s in ordered_stacks(lin):
         shapes = {r["shape"]: r for r in lin if r["stack"] == s}
         if "ratios" not in shapes:
             continue
@@ -423,7 +432,7 @@ def plots(agg: list[Record], out: Path) -> list[Path]:
     fan = [r for r in agg if r["scenario"] == "fanout"]
     if not fan:
         return []
-    stacks = [s for s in STACK_ORDER if any(r["stack"] == s for r in fan)]
+    stacks = ordered_stacks(fan)
     written = []
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
     for s in stacks:

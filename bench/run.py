@@ -702,8 +702,9 @@ async def stored_counts(stack: MeshStack, rooms: list[str]) -> dict[str, int]:
     from infra.store import open_dynamo
 
     assert stack.infra is not None
-    settings = CommonSettings(dynamo_url=stack.infra.dynamo_url, table_prefix="bench_")
-    table = "bench_messages"
+    prefix = stack.infra.table_prefix
+    settings = CommonSettings(dynamo_url=stack.infra.dynamo_url, table_prefix=prefix)
+    table = f"{prefix}messages"
     sem = asyncio.Semaphore(16)
     async with open_dynamo(settings) as client:
 
@@ -730,8 +731,9 @@ async def put_ceiling(stack: MeshStack, concurrency: int, seconds: float) -> dic
     from infra.store import if_absent, open_dynamo, open_dynamo_admin
 
     assert stack.infra is not None
-    settings = CommonSettings(dynamo_url=stack.infra.dynamo_url, table_prefix="bench_")
-    table = "bench_ceiling"
+    prefix = stack.infra.table_prefix
+    settings = CommonSettings(dynamo_url=stack.infra.dynamo_url, table_prefix=prefix)
+    table = f"{prefix}ceiling"
     done = 0
     errors = 0
     async with open_dynamo_admin(settings) as admin:
@@ -930,6 +932,9 @@ async def run_stack(cfg: Config, stack_key: str, run: int) -> list[Record]:
         log(f"  {stack.name} is up: " + ", ".join(f"{n} {p}" for n, p in stack.pids.items()))
         for scenario in cfg.scenarios:
             if scenario in MESH_ONLY and not isinstance(stack, MeshStack):
+                continue
+            if isinstance(stack, MeshStack) and scenario in stack.skipped_scenarios:
+                log(f"  {stack.name}: {scenario} skipped (see `bench/stacks.py`)")
                 continue
             try:
                 recs = await RUNNERS[scenario](cfg, stack, cfg.out)

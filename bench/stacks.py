@@ -122,6 +122,7 @@ class MeshStack(Stack):
     # diagnostic (`--store-in-memory`): dynalite without its LevelDB on disk, to show what the
     # store's disk path costs; `make run` and the default bench keep the store on disk
     store_in_memory = False
+    skipped_scenarios: tuple[str, ...] = ()
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
@@ -130,6 +131,7 @@ class MeshStack(Stack):
         self.infra: Infra | None = None
         self.services: dict[str, ServiceProcess] = {}
         self._launcher: ServiceLauncher | None = None
+        self._secret = TEST_SECRET
 
     @property
     def users_url(self) -> str:
@@ -199,7 +201,7 @@ class MeshStack(Stack):
         """A valid bearer token for any user id (the idle scenario needs no user records)."""
         from infra.auth import TokenService
 
-        token, _ = TokenService(TEST_SECRET, "chat", 24 * 3600, 30).issue(user_id)
+        token, _ = TokenService(self._secret, "chat", 24 * 3600, 30).issue(user_id)
         return token
 
     async def create_users(self, count: int, tag: str) -> list[dict[str, Any]]:
@@ -235,8 +237,77 @@ class MeshStack(Stack):
             return list(await asyncio.gather(*(one(g) for g in groups)))
 
 
+class RunningMeshStack(MeshStack):
+    """The mesh that `make run` is running on this machine, found with the same `CHAT_*` port
+    and data-folder settings (so run both from the same environment). Driven and measured like
+    the mesh the bench starts, never started or stopped here: the figures then include
+    whatever `make run` adds (its supervisor, its data folder, its log settings). Its users,
+    rooms and messages stay in that store. `ingest` is skipped: its ceiling needs a table of
+    its own in the store."""
+
+    name = "chat-mesh (make run)"
+    skipped_scenarios = ("ingest",)
+
+    def start(self) -> None:
+        from mesh.run import SECRET_FILE, Config
+
+        config = Config.from_env(os.environ)
+        self._urls = {p: config.http_url(p) for p in ("users", "rooms", "history")}
+        listening = _listening_pids()
+        for part, port in config.port_of.items():
+            name = "dynalite" if part == "dynamo" else part
+            if port not in listening:
+                raise RuntimeError(
+                    f"nothing listens on port {port} ({part}): is `make run` running, "
+                    "with the same CHAT_* settings as here?"
+                )
+            self.pids[name] = listening[port]
+        for url in self._urls.values():
+            wait_http(f"{url}/healthz", timeout=10)
+        self._secret = (config.data_dir / SECRET_FILE).read_text().strip()
+        self.infra = Infra(
+            config.nats_urls,
+            config.redis_url,
+            config.dynamo_url,
+            config.table_prefix,
+            "make run",
+            self.workdir,
+        )
+        self.edge_urls = [
+            config.http_url(e).replace("http://", "ws://") + "/ws?token="
+            for e in ("edge-a", "edge-b")
+        ]
+
+    def stop(self) -> None:
+        """Nothing: the processes are `make run`'s."""
+
+    @property
+    def users_url(self) -> str:
+        return self._urls["users"]
+
+    @property
+    def rooms_url(self) -> str:
+        return self._urls["rooms"]
+
+    @property
+    def history_url(self) -> str:
+        return self._urls["history"]
+
+
+def _listening_pids() -> dict[int, int]:
+    """Local TCP port -> pid of the process listening on it."""
+    import psutil
+
+    found: dict[int, int] = {}
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid is not None and conn.laddr:
+            found.setdefault(conn.laddr.port, conn.pid)
+    return found
+
+
 STACKS: dict[str, type[Stack]] = {
     "mesh": MeshStack,
+    "running": RunningMeshStack,
     "pysio": PysioStack,
     "node": NodeStack,
 }

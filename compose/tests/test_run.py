@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from mesh import ports, run
-from mesh.testhelpers import free_run, pid_alive, port_env
+from mesh.testhelpers import MeshProcess, free_run, pid_alive, port_env
 
 
 def test_secret_is_created_once_and_reused(tmp_path: Path) -> None:
@@ -110,62 +107,6 @@ def test_run_refuses_a_held_port(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert "set CHAT_REDIS_PORT to another port" in result.stdout
-
-
-class MeshProcess:
-    """`python -m mesh run` in the background, its console collected line by line."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.lines: list[str] = []
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "mesh", "run"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 90.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.text)
-            if found:
-                return found
-            if self.popen.poll() is not None:
-                self.reader.join(2)
-                found = re.search(pattern, self.text)
-                if found:
-                    return found
-                raise AssertionError(f"mesh exited ({self.popen.returncode}):\n{self.text}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.text}")
-
-    def pids(self) -> dict[str, int]:
-        """The last pid printed for every child."""
-        found: dict[str, int] = {}
-        for m in re.finditer(
-            r"\] (\S+) (?:started|restarted \(restart \d+\)), pid (\d+)", self.text
-        ):
-            found[m.group(1)] = int(m.group(2))
-        return found
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        self.popen.send_signal(signal.SIGTERM)
-        code = self.popen.wait(timeout)
-        self.reader.join(5)
-        return code
 
 
 @pytest.fixture
