@@ -4,12 +4,12 @@
 //
 // Why: dynalite opens LevelDB with the library's defaults and has no option for them. With a
 // 4 MB write buffer, LevelDB flushes a small level-0 table about every second under load and
-// then compacts it into level 1 and 2, rewriting most of the data each time (every room's keys
-// are spread over the whole key range): measured at 1,000 msg/s of fan-out, that compaction
-// work is what separates the store on disk from the store in memory (docs/performance.md).
-// A larger buffer flushes and compacts far less often for the same data; the cost is memory
-// (up to CHAT_DYNALITE_WRITE_BUFFER_MB, default 64, per process) and a longer log replay when
-// the store restarts after a crash.
+// compacts it into the levels below, rewriting much of the data each time (every room's keys
+// are spread over the whole key range). A larger buffer flushes and compacts far less often
+// for the same data: measured alone, -6% of dynalite's CPU per conditional PutItem (with one
+// thread, below: -18%; docs/performance.md). The cost is memory (up to
+// CHAT_DYNALITE_WRITE_BUFFER_MB, default 64, per process) and a longer log replay when the
+// store restarts after a crash.
 'use strict'
 
 // Every LevelDB get and put is a task on libuv's thread pool (4 threads by default). LevelDB

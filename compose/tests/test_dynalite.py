@@ -19,11 +19,8 @@ pytestmark = pytest.mark.integration
 
 @contextmanager
 def dynalite(data: Path, **env: str) -> Iterator[servers.Proc]:
-    port = servers.free_port()
-    popen = servers.spawn("dynalite", servers.dynalite_command(port, data), data / "log", env)
-    proc = servers.Proc("dynalite", popen, port, f"http://127.0.0.1:{port}", data / "log")
+    proc = servers.start_dynalite(servers.free_port(), data, data / "log", env)
     try:
-        servers.wait_for_port(proc)
         yield proc
     finally:
         proc.stop()

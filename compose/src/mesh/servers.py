@@ -275,9 +275,12 @@ def dynalite_command(port: int, data_dir: Path | None) -> list[str]:
     return argv
 
 
-def start_dynalite(port: int, data_dir: Path | None, log_path: Path) -> Proc:
-    """dynalite (LevelDB on disk under `data_dir`; in memory when None)."""
-    popen = spawn("dynalite", dynalite_command(port, data_dir), log_path)
+def start_dynalite(
+    port: int, data_dir: Path | None, log_path: Path, env: dict[str, str] | None = None
+) -> Proc:
+    """dynalite (LevelDB on disk under `data_dir`; in memory when None); `env` adds to ours
+    (e.g. compose/dynalite/start.js's CHAT_DYNALITE_* settings)."""
+    popen = spawn("dynalite", dynalite_command(port, data_dir), log_path, env)
     proc = Proc("dynalite", popen, port, f"http://127.0.0.1:{port}", log_path)
     wait_for_port(proc)
     return proc
