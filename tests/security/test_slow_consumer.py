@@ -93,7 +93,13 @@ async def test_never_reading_client_cut_off_memory_flat(secure: SecureMesh, infr
                 await a.send(message_frame(room["id"], alice["id"], f"a{sent + i} " + BULK))
                 await b.send(message_frame(room["id"], bob["id"], f"b{sent + i} " + BULK))
             sent += 2 * ROUND
-            await w.wait_count(room["id"], sent, 60)
+            try:
+                await w.wait_count(room["id"], sent, 60)
+            except AssertionError as missing:
+                # a refused send (rate limit, bus timeout) is never stored: name it, rather
+                # than let it look like a message the watcher lost
+                refused = a.of_type("error") + b.of_type("error")
+                raise AssertionError(f"{missing}; senders refused: {refused[:3]}") from None
             if cut_after is None and await redis.hlen(f"chat:conns:{sloth['id']}") == 0:
                 cut_after = sent
                 at_cut = rss_kib(pid)
