@@ -1,6 +1,9 @@
 #!/usr/bin/env node
-// Starts dynalite (same arguments as its cli.js) with a larger LevelDB write buffer and one
-// libuv thread for LevelDB.
+// Starts dynalite (same arguments as its cli.js) with a larger LevelDB write buffer, one
+// libuv thread for LevelDB, single-item reads on the event loop and request ids from a pool of
+// random bytes: the store is the largest single CPU cost of the mesh on one machine, and each
+// of these took a measured share of it (below; docs/performance.md). None changes what the
+// store answers (compose/tests/test_dynalite.py).
 //
 // Why: dynalite opens LevelDB with the library's defaults and has no option for them. With a
 // 4 MB write buffer, LevelDB flushes a small level-0 table about every second under load and
@@ -33,5 +36,51 @@ const open = ClassicLevel.prototype._open
 ClassicLevel.prototype._open = function (options) {
   return open.call(this, { ...options, writeBufferSize })
 }
+
+// Reads on the event loop. A LevelDB get is otherwise a task on the thread pool: a wake-up of
+// the pool thread and a completion callback back on the loop, about 40 us of CPU per GetItem
+// and per conditional PutItem (which reads the item first), against a few us for the lookup
+// itself in the write buffer or block cache. classic-level has the synchronous get for this.
+// The cost: a read that misses the OS page cache blocks the loop for one disk read (the
+// embedded store's data is small). Writes and range reads stay on the pool.
+// CHAT_DYNALITE_SYNC_READS=0 keeps LevelDB's asynchronous gets.
+const syncReads = (process.env.CHAT_DYNALITE_SYNC_READS || '1') !== '0'
+if (syncReads && typeof ClassicLevel.prototype._getSync === 'function') {
+  ClassicLevel.prototype._get = function (key, options) {
+    try {
+      return Promise.resolve(this._getSync(key, options))
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+}
+
+// Request ids from a pool of random bytes. dynalite draws 39 random bytes from OpenSSL for the
+// id of every request, a synchronous call measured at about 8 us each; drawing 8 KB at a time
+// from the same generator and handing out each byte once gives ids just as random for a
+// fraction of the cost (Node pools randomUUID the same way). Calls with a callback or for
+// more than 256 bytes go to OpenSSL as before.
+const crypto = require('crypto')
+const randomBytes = crypto.randomBytes
+const POOL_SIZE = 8192
+let pool = Buffer.alloc(0)
+let used = 0
+crypto.randomBytes = function (size, callback) {
+  if (callback !== undefined || !Number.isInteger(size) || size < 0 || size > 256) {
+    return randomBytes.apply(this, arguments)
+  }
+  if (used + size > pool.length) {
+    pool = randomBytes(POOL_SIZE)
+    used = 0
+  }
+  const bytes = Buffer.from(pool.subarray(used, used + size)) // a copy: the pool is reused
+  used += size
+  return bytes
+}
+
+console.log(
+  `dynalite launcher: write buffer ${mb} MB, ${process.env.UV_THREADPOOL_SIZE} libuv thread(s), ` +
+  `reads ${syncReads ? 'on the event loop' : 'on the thread pool'}`
+)
 
 require('dynalite/cli.js')

@@ -26,6 +26,21 @@ def dynalite(data: Path, **env: str) -> Iterator[servers.Proc]:
         proc.stop()
 
 
+async def new_table(admin: Any, name: str) -> None:
+    """A table keyed by a string `pk`, once it is ACTIVE."""
+    await admin.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for _ in range(100):
+        table = (await admin.describe_table(TableName=name))["Table"]
+        if table["TableStatus"] == "ACTIVE":
+            return
+        await asyncio.sleep(0.05)
+
+
 async def fill(url: str, megabytes: int) -> None:
     """About `megabytes` MB of items in a fresh table (batch writes: quick)."""
     from infra.settings import CommonSettings
@@ -33,17 +48,7 @@ async def fill(url: str, megabytes: int) -> None:
 
     settings = CommonSettings(dynamo_url=url, table_prefix="t_")
     async with open_dynamo_admin(settings) as admin:
-        await admin.create_table(
-            TableName="t_fill",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        for _ in range(100):
-            table = (await admin.describe_table(TableName="t_fill"))["Table"]
-            if table["TableStatus"] == "ACTIVE":
-                break
-            await asyncio.sleep(0.05)
+        await new_table(admin, "t_fill")
     body = "x" * 4000
     async with open_dynamo(settings) as client:
         for batch in range(megabytes * 10):  # 25 items of 4 KB: 100 KB per batch
@@ -93,3 +98,83 @@ def test_a_bad_write_buffer_setting_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "CHAT_DYNALITE_WRITE_BUFFER_MB" in result.stderr
+
+
+async def race_conditional_puts(url: str, keys: int, writers: int) -> dict[str, Any]:
+    """`writers` concurrent conditional puts per key, then a consistent read of each key, then
+    a put and an immediate read; returns what each step saw and every request id."""
+    from infra.settings import CommonSettings
+    from infra.store import if_absent, is_conditional_failure, open_dynamo_admin
+
+    settings = CommonSettings(dynamo_url=url, table_prefix="t_")
+    # botocore's client: it returns each answer's request id (the services' client does not)
+    async with open_dynamo_admin(settings) as client:
+        await new_table(client, "t_race")
+        request_ids: list[str] = []
+        winners: dict[str, list[str]] = {f"k{k}": [] for k in range(keys)}
+
+        async def put(key: str, writer: str) -> None:
+            try:
+                answer = await client.put_item(
+                    TableName="t_race",
+                    Item={"pk": {"S": key}, "w": {"S": writer}},
+                    **if_absent("pk"),
+                )
+            except Exception as exc:
+                if not is_conditional_failure(exc):
+                    raise
+                answer = exc.response  # type: ignore[attr-defined]  # botocore's ClientError
+                request_ids.append(answer["ResponseMetadata"]["RequestId"])
+                return
+            request_ids.append(answer["ResponseMetadata"]["RequestId"])
+            winners[key].append(writer)
+
+        await asyncio.gather(*(put(k, f"w{w}") for k in winners for w in range(writers)))
+        stored = {}
+        for key in winners:
+            got = await client.get_item(
+                TableName="t_race", Key={"pk": {"S": key}}, ConsistentRead=True
+            )
+            stored[key] = got["Item"]["w"]["S"]
+        read_after_write = []
+        for i in range(50):
+            await client.put_item(TableName="t_race", Item={"pk": {"S": f"x{i}"}})
+            got = await client.get_item(
+                TableName="t_race", Key={"pk": {"S": f"x{i}"}}, ConsistentRead=True
+            )
+            read_after_write.append("Item" in got)
+    return {
+        "winners": winners,
+        "stored": stored,
+        "read_after_write": read_after_write,
+        "request_ids": request_ids,
+    }
+
+
+def test_reads_on_the_event_loop_keep_conditional_puts_exact(tmp_path: Path) -> None:
+    """With reads served on the event loop (the default), a conditional put still sees every
+    write acknowledged before it: one winner per key among concurrent writers, the stored item
+    is the winner's, a put is read back at once; request ids (from the launcher's pool of
+    random bytes) are all distinct and in dynalite's format."""
+    with dynalite(tmp_path) as proc:
+        seen = asyncio.run(race_conditional_puts(proc.url, keys=40, writers=8))
+        log = proc.log_path.read_text()
+    assert "reads on the event loop" in log
+    for key, won in seen["winners"].items():
+        assert len(won) == 1, (key, won)
+        assert seen["stored"][key] == won[0]
+    assert all(seen["read_after_write"])
+    ids = seen["request_ids"]
+    assert len(ids) == 40 * 8
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 52 and i.isalnum() and i.upper() == i for i in ids)
+
+
+def test_reads_can_stay_on_the_thread_pool(tmp_path: Path) -> None:
+    """CHAT_DYNALITE_SYNC_READS=0 keeps LevelDB's asynchronous gets (same results)."""
+    with dynalite(tmp_path, CHAT_DYNALITE_SYNC_READS="0") as proc:
+        seen = asyncio.run(race_conditional_puts(proc.url, keys=10, writers=4))
+        log = proc.log_path.read_text()
+    assert "reads on the thread pool" in log
+    assert all(len(won) == 1 for won in seen["winners"].values())
+    assert all(seen["read_after_write"])
