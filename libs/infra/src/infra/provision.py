@@ -46,6 +46,9 @@ class StreamSpec:
     subjects: tuple[str, ...]
     retention: RetentionPolicy
     max_age_seconds: int
+    # what a full stream does: NEW refuses the publish (the sender is told and retries), OLD
+    # drops the oldest message
+    discard: DiscardPolicy
     purpose: str
 
 
@@ -55,6 +58,8 @@ STREAMS: tuple[StreamSpec, ...] = (
         (subjects.CREATE_MESSAGE_ALL,),
         RetentionPolicy.WORK_QUEUE,
         7 * 24 * 3600,
+        # a command not yet stored must never be dropped to make room: refuse new ones instead
+        DiscardPolicy.NEW,
         "create_message commands; removed once history acknowledged them (after the store write)",
     ),
     StreamSpec(
@@ -62,6 +67,7 @@ STREAMS: tuple[StreamSpec, ...] = (
         subjects.CAPTURED_EVENTS,
         RetentionPolicy.LIMITS,
         3 * 24 * 3600,
+        DiscardPolicy.OLD,  # an event log: the oldest events go first
         "user and room events, for the read models' durable consumers and replay",
     ),
 )
@@ -111,7 +117,12 @@ async def ensure_tables(client: DynamoDBClient, prefix: str) -> list[str]:
     return created
 
 
-async def ensure_streams(settings: CommonSettings, replicas: int = 1) -> list[str]:
+STREAM_MAX_BYTES = 2 * 1024**3
+
+
+async def ensure_streams(
+    settings: CommonSettings, replicas: int = 1, max_bytes: int = STREAM_MAX_BYTES
+) -> list[str]:
     """Create or update the JetStream streams (file storage, bounded, deduplicating)."""
     nc = await connect_nats(settings, "provision")
     changed = []
@@ -125,9 +136,9 @@ async def ensure_streams(settings: CommonSettings, replicas: int = 1) -> list[st
                 storage=StorageType.FILE,
                 num_replicas=replicas,
                 max_age=float(spec.max_age_seconds),
-                max_bytes=2 * 1024**3,
+                max_bytes=max_bytes,
                 max_msg_size=256 * 1024,
-                discard=DiscardPolicy.OLD,
+                discard=spec.discard,
                 duplicate_window=120.0,
             )
             try:
