@@ -44,8 +44,10 @@ ClassicLevel.prototype._open = function (options) {
 // The cost: a read that misses the OS page cache blocks the loop for one disk read (the
 // embedded store's data is small). Writes and range reads stay on the pool.
 // CHAT_DYNALITE_SYNC_READS=0 keeps LevelDB's asynchronous gets.
-const syncReads = (process.env.CHAT_DYNALITE_SYNC_READS || '1') !== '0'
-if (syncReads && typeof ClassicLevel.prototype._getSync === 'function') {
+const syncReads =
+  (process.env.CHAT_DYNALITE_SYNC_READS || '1') !== '0' &&
+  typeof ClassicLevel.prototype._getSync === 'function' // classic-level 2+
+if (syncReads) {
   ClassicLevel.prototype._get = function (key, options) {
     try {
       return Promise.resolve(this._getSync(key, options))
@@ -73,7 +75,8 @@ crypto.randomBytes = function (size, callback) {
     pool = randomBytes(POOL_SIZE)
     used = 0
   }
-  const bytes = Buffer.from(pool.subarray(used, used + size)) // a copy: the pool is reused
+  // a copy: a view would hand the caller the pool's other bytes through `.buffer`
+  const bytes = Buffer.from(pool.subarray(used, used + size))
   used += size
   return bytes
 }
