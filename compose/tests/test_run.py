@@ -79,6 +79,31 @@ def test_cluster_mode_gives_three_nats_urls(tmp_path: Path) -> None:
     assert names == ["nats-1", "nats-2", "nats-3", "redis", "dynamo"]
 
 
+def test_nats_runs_go_on_one_thread_unless_told(tmp_path: Path) -> None:
+    """nats-server gets GOMAXPROCS from CHAT_NATS_PROCS (1 by default, why: servers.nats_env);
+    a value that is not a thread count stops `make run` before anything starts."""
+    cfg = run.Config.from_env({"CHAT_DATA_DIR": str(tmp_path)})
+    nats = [s for s in run.server_specs(cfg) if s.name.startswith("nats")]
+    assert [s.env for s in nats] == [{"GOMAXPROCS": "1"}]
+    cfg = run.Config.from_env(
+        {"CHAT_DATA_DIR": str(tmp_path), "CHAT_NATS_CLUSTER": "1", "CHAT_NATS_PROCS": "2"}
+    )
+    nats = [s for s in run.server_specs(cfg) if s.name.startswith("nats")]
+    assert [s.env for s in nats] == [{"GOMAXPROCS": "2"}] * 3
+    for bad in ("0", "two", "-1", "99999"):
+        with pytest.raises(ValueError, match="CHAT_NATS_PROCS"):
+            run.Config.from_env({"CHAT_DATA_DIR": str(tmp_path), "CHAT_NATS_PROCS": bad})
+    result = subprocess.run(
+        [sys.executable, "-m", "mesh", "run"],
+        env={**port_env(CHAT_DATA_DIR=str(tmp_path)), "CHAT_NATS_PROCS": "many"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "CHAT_NATS_PROCS must be a whole number" in result.stdout
+
+
 def test_missing_service_module_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,6 +164,8 @@ def test_infra_run_restart_and_clean_stop(mesh_env: dict[str, str]) -> None:
             assert ports.port_problem(port, "127.0.0.1") == "in use"
         first = mesh.pids()
         assert set(first) == {"nats", "redis", "dynamo"}
+        environ = Path(f"/proc/{first['nats']}/environ").read_bytes().split(b"\0")
+        assert b"GOMAXPROCS=1" in environ  # the setting reaches the running nats-server
         client = redis.Redis(port=int(env["CHAT_REDIS_PORT"]))
         client.set("survives", "yes")
         os.kill(first["redis"], signal.SIGKILL)
@@ -222,7 +249,7 @@ def test_nats_cluster_mode(mesh_env: dict[str, str]) -> None:
             try:
                 js = nc.jetstream()
                 infos = [await js.stream_info(name) for name in ("CHAT_COMMANDS", "CHAT_EVENTS")]
-                return [info.config.num_replicas for info in infos]
+                return [info.config.num_replicas or 0 for info in infos]
             finally:
                 await nc.close()
 

@@ -79,6 +79,7 @@ class Config:
     ready_timeout: float
     stop_timeout: float
     sync_always: bool
+    nats_env: dict[str, str] = field(default_factory=dict)  # servers.nats_env: GOMAXPROCS
     backoff: Callable[[], Backoff] = field(default=Backoff)
 
     @classmethod
@@ -99,6 +100,7 @@ class Config:
             ready_timeout=_seconds(env, "CHAT_READY_TIMEOUT", 60.0),
             stop_timeout=_seconds(env, "CHAT_STOP_TIMEOUT", 10.0),
             sync_always=ports.truthy(env.get("CHAT_NATS_SYNC_ALWAYS")),
+            nats_env=servers.nats_env(env),
         )
 
     @property
@@ -288,13 +290,18 @@ def server_specs(cfg: Config) -> list[ChildSpec]:
                         name=f"nats-{i + 1}",
                         argv=_nats_argv(cfg, i, routes),
                         log_path=logs / f"nats-{i + 1}.log",
+                        env=cfg.nats_env,
                         port=cfg.nats_ports[i],
                     )
                 )
         else:
             specs.append(
                 ChildSpec(
-                    "nats", _nats_argv(cfg, None, []), logs / "nats.log", port=cfg.nats_ports[0]
+                    "nats",
+                    _nats_argv(cfg, None, []),
+                    logs / "nats.log",
+                    env=cfg.nats_env,
+                    port=cfg.nats_ports[0],
                 )
             )
     if "redis" in cfg.parts:
