@@ -13,12 +13,16 @@ import redis.asyncio as aioredis
 from security_helpers import SecureMesh, connect, make_room, message_frame, users
 
 from mesh.testing import Infra
+from ws_edge.settings import Settings as EdgeSettings
 
 ROUND = 10  # messages per sender per round
 MAX_ROUNDS = 60
 # 3,990 characters of 4 bytes each in UTF-8: ~16 KB per frame sent (the contract counts characters)
 BULK = "\U0001f600" * 3990
 RSS_BOUND_KIB = 96 * 1024  # generous: the edge may grow this much at most during the run
+# A round may not be quicker than the edge's per-connection frame rate allows (with a margin):
+# on a quick machine, back-to-back rounds outran it and the edge refused sends (rate_limited).
+MIN_ROUND_SECONDS = 1.25 * ROUND / EdgeSettings.model_fields["rate_per_second"].default
 
 
 def raw_handshake(port: int, path: str) -> socket.socket:
@@ -89,6 +93,7 @@ async def test_never_reading_client_cut_off_memory_flat(secure: SecureMesh, infr
         rounds = 0
         while rounds < MAX_ROUNDS and extra_rounds < 10:
             rounds += 1
+            round_started = asyncio.get_running_loop().time()
             for i in range(ROUND):
                 await a.send(message_frame(room["id"], alice["id"], f"a{sent + i} " + BULK))
                 await b.send(message_frame(room["id"], bob["id"], f"b{sent + i} " + BULK))
@@ -100,6 +105,8 @@ async def test_never_reading_client_cut_off_memory_flat(secure: SecureMesh, infr
                 # than let it look like a message the watcher lost
                 refused = a.of_type("error") + b.of_type("error")
                 raise AssertionError(f"{missing}; senders refused: {refused[:3]}") from None
+            elapsed = asyncio.get_running_loop().time() - round_started
+            await asyncio.sleep(max(0.0, MIN_ROUND_SECONDS - elapsed))
             if cut_after is None and await redis.hlen(f"chat:conns:{sloth['id']}") == 0:
                 cut_after = sent
                 at_cut = rss_kib(pid)
