@@ -209,8 +209,8 @@ def nats_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     core) spreads each message's goroutines (a client's read loop, the stream, the consumers,
     the other clients' write loops) over both cores, and every hand-over is a cross-core
     wake-up; on one thread they run one after the other. Measured in the fan-out benchmark:
-    nats-server's CPU -20% at 500 msg/s, -26% at 1,000 (docs/performance.md). A dedicated NATS
-    host (docker-compose, production) keeps Go's default: this is only the embedded server.
+    nats-server's CPU about -18% at 500 msg/s and -22% at 1,000 (docs/performance.md). The
+    compose file and production NATS keep Go's default: this is only the embedded server.
     `env` defaults to ours; ValueError for a value that is not a count of threads.
     """
     value = (os.environ if env is None else env).get("CHAT_NATS_PROCS", "1").strip()
