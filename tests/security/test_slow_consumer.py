@@ -12,17 +12,21 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from security_helpers import SecureMesh, connect, make_room, message_frame, users
 
+from conftest import EDGE
 from mesh.testing import Infra
-from ws_edge.settings import Settings as EdgeSettings
 
 ROUND = 10  # messages per sender per round
 MAX_ROUNDS = 60
 # 3,990 characters of 4 bytes each in UTF-8: ~16 KB per frame sent (the contract counts characters)
 BULK = "\U0001f600" * 3990
 RSS_BOUND_KIB = 96 * 1024  # generous: the edge may grow this much at most during the run
-# A round may not be quicker than the edge's per-connection frame rate allows (with a margin):
-# on a quick machine, back-to-back rounds outran it and the edge refused sends (rate_limited).
-MIN_ROUND_SECONDS = 1.25 * ROUND / EdgeSettings.model_fields["rate_per_second"].default
+# A round may not be quicker than the mesh's frame rates allow (per connection and per user;
+# each sender is one of each), with a margin: on a quick machine, back-to-back rounds outran
+# them and the edge refused sends (rate_limited).
+FRAMES_PER_SECOND = min(
+    float(EDGE["CHAT_RATE_PER_SECOND"]), float(EDGE["CHAT_USER_RATE_PER_SECOND"])
+)
+MIN_ROUND_SECONDS = 1.25 * ROUND / FRAMES_PER_SECOND
 
 
 def raw_handshake(port: int, path: str) -> socket.socket:

@@ -280,11 +280,10 @@ def dynalite_command(port: int, data_dir: Path | None) -> list[str]:
     """dynalite argv (LevelDB on disk under `data_dir`; in memory when None)."""
     if not (NODE_MODULES / "dynalite" / "cli.js").exists():
         raise ServerError("dynalite is not installed: run `make install` (npm ci in compose/)")
-    script = DYNALITE_START
     node = shutil.which("node")
     if not node:
         raise ServerError("node not found on PATH (Node.js 18+ is required for dynalite)")
-    argv = [node, str(script), "--port", str(port), "--host", "127.0.0.1"]
+    argv = [node, str(DYNALITE_START), "--port", str(port), "--host", "127.0.0.1"]
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--path", str(data_dir)]
