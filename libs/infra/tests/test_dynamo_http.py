@@ -590,3 +590,241 @@ async def test_https_endpoint(tls_files: tuple[Path, Path]) -> None:
     assert refused.value.response["Error"]["Code"] == "ConnectionError"
     assert "CERTIFICATE_VERIFY_FAILED" in refused.value.response["Error"]["Message"]
     assert store.connections == 1  # the refused handshake never reached the handler
+
+
+# -- lanes: single-item calls pipelined on a few connections
+
+
+def item_id(seen: Seen) -> int:
+    """The `n` a test put in a GetItem's key."""
+    return int(orjson.loads(seen.body)["Key"]["n"]["N"])
+
+
+def echo(n: int) -> bytes:
+    return answer(body=b'{"Item":{"n":{"N":"%d"}}}' % n)
+
+
+async def get_n(client: DynamoHttpClient, n: int) -> int:
+    got = await client.get_item(TableName="t", Key={"n": {"N": str(n)}})
+    return int(got["Item"]["n"]["N"])
+
+
+async def test_calls_waiting_for_a_lane_go_out_together() -> None:
+    """A single-item call goes at once on a free lane; calls arriving while every lane is busy
+    wait and are written together on the next free one, and each caller gets its own answer
+    (answers come in request order)."""
+
+    async def echoing(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await send(writer, echo(item_id(seen)))
+        return True
+
+    async with ScriptedStore(echoing) as store:
+        lean = store.client(max_attempts=1)
+        assert lean.lanes == 2
+        assert await get_n(lean, 0) == 0  # opens lane 1
+        got = await asyncio.gather(*(get_n(lean, n) for n in range(1, 21)))
+        assert got == list(range(1, 21))
+        # call 1 at once on lane 1; calls 2..20 waited (for lane 1's answer or lane 2's
+        # connect, whichever came first) and went in one write
+        assert (lean.lane_writes, lean.lane_requests) == (3, 21)
+    assert [(seen.connection, seen.index) for seen in store.requests[:2]] == [(1, 1), (1, 2)]
+    batch = store.requests[2:]
+    assert len({seen.connection for seen in batch}) == 1
+    assert [seen.index for seen in batch] == list(range(batch[0].index, batch[0].index + 19))
+    assert [item_id(seen) for seen in store.requests] == list(range(21))
+
+
+async def test_answers_in_one_read_with_any_framing() -> None:
+    """Several answers arriving in one write, chunked and with Content-Length mixed, split at
+    odd places: each is cut at its own end and reaches its caller."""
+
+    def chunked(n: int) -> bytes:
+        body = b'{"Item":{"n":{"N":"%d"}}}' % n
+        return (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n%x\r\n%s\r\n" % (5, body[:5], len(body) - 5, body[5:])
+            + (b"0\r\nX-Trailer: 1\r\n\r\n" if n % 2 else b"0\r\n\r\n")
+        )
+
+    held: dict[int, list[int]] = {}
+
+    async def three_at_once(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if item_id(seen) >= 100:  # the call that keeps the lane busy while the others wait
+            await asyncio.sleep(0.05)
+            await send(writer, echo(item_id(seen)))
+            return True
+        ids = held.setdefault(seen.connection, [])
+        ids.append(item_id(seen))
+        if len(ids) == 3:
+            data = b"".join(chunked(n) if n % 3 else echo(n) for n in ids)
+            ids.clear()
+            for at in range(0, len(data), 37):  # in pieces that cut heads, sizes and bodies
+                await send(writer, data[at : at + 37])
+        return True
+
+    async with ScriptedStore(three_at_once) as store:
+        lean = store.client(max_attempts=1, lanes=1)
+        for first in (1, 4):
+            ids = [100 + first, first, first + 1, first + 2]
+            assert await asyncio.gather(*(get_n(lean, n) for n in ids)) == ids
+    assert store.connections == 1
+
+
+async def test_a_caller_that_gives_up_leaves_the_lane_working() -> None:
+    """A caller cancelled while its request is pipelined: its answer is dropped when it comes,
+    the calls behind it get theirs, and the lane stays in use."""
+
+    async def slow_two(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if item_id(seen) == 2:
+            await asyncio.sleep(0.2)
+        await send(writer, echo(item_id(seen)))
+        return True
+
+    async with ScriptedStore(slow_two) as store:
+        lean = store.client(max_attempts=1, lanes=1)
+        assert await get_n(lean, 0) == 0
+
+        async def impatient() -> None:
+            async with asyncio.timeout(0.05):
+                await get_n(lean, 2)
+
+        results = await asyncio.gather(
+            get_n(lean, 1), impatient(), get_n(lean, 3), return_exceptions=True
+        )
+        assert results[0] == 1
+        assert isinstance(results[1], TimeoutError)
+        assert results[2] == 3
+        assert await get_n(lean, 4) == 4
+    assert store.connections == 1
+    assert [item_id(seen) for seen in store.requests] == [0, 1, 2, 3, 4]
+
+
+async def test_lane_closed_mid_batch_sends_the_unanswered_again() -> None:
+    """The server answers part of a pipelined batch and closes: the requests without a byte of
+    answer are sent again at once on a new lane (no attempt used up); answered ones are not."""
+
+    async def closes_mid_batch(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.connection == 1 and seen.index == 5:
+            return False  # closes with requests 5.. of the batch unanswered
+        await send(writer, echo(item_id(seen)))
+        return True
+
+    async with ScriptedStore(closes_mid_batch) as store:
+        lean = store.client(max_attempts=1, lanes=1)
+        assert await get_n(lean, 0) == 0
+        # call 1 at once on the lane; calls 2..8 wait and then go together on it
+        got = await asyncio.gather(*(get_n(lean, n) for n in range(1, 9)))
+        assert got == list(range(1, 9))
+    assert [(seen.connection, item_id(seen)) for seen in store.requests] == [
+        (1, 0),
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (1, 4),  # read, never answered: sent again
+        *((2, n) for n in range(4, 9)),
+    ]
+
+
+async def test_unanswered_lane_times_out_and_the_call_is_retried() -> None:
+    """A lane whose answers do not come within timeout_seconds fails every call on it; `call`
+    retries them on a new lane."""
+
+    async def silent_first(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.connection == 1:
+            await seen.reader.read()  # never answers: until the client leaves
+            return False
+        await send(writer, echo(item_id(seen)))
+        return True
+
+    async with ScriptedStore(silent_first) as store:
+        lean = store.client(timeout_seconds=0.2, max_attempts=2, lanes=1)
+        started = time.monotonic()
+        got = await asyncio.gather(*(get_n(lean, n) for n in range(5)))
+        assert got == list(range(5))
+        assert time.monotonic() - started < 3
+    assert store.connections >= 2
+
+
+async def test_queries_do_not_wait_behind_lanes() -> None:
+    """Queries and batches use the pool: a slow single-item call on a lane does not hold them."""
+    release = asyncio.Event()
+
+    async def slow_put(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if seen.head["x-amz-target"].endswith("PutItem"):
+            await release.wait()
+        await send(writer, answer())
+        return True
+
+    async with ScriptedStore(slow_put) as store:
+        lean = store.client(max_attempts=1)
+        put = asyncio.create_task(lean.put_item(TableName="t", Item={"pk": {"S": "a"}}))
+        await asyncio.sleep(0.05)
+        assert await lean.query(TableName="t") == {"ok": True}
+        assert not put.done()
+        release.set()
+        assert await put == {"ok": True}
+    assert store.connections == 2
+
+
+async def test_lanes_off_and_defaults() -> None:
+    """lanes=0 sends every call on its own pooled connection; an https endpoint has no lanes
+    unless asked; CHAT_DYNAMO_LANES reaches the services' client."""
+    assert DynamoHttpClient("https://store.example:443", "eu-west-1", "a", "b").lanes == 0
+    assert DynamoHttpClient("https://store.example:443", "eu-west-1", "a", "b", lanes=3).lanes == 3
+    with pytest.raises(ValueError, match="lanes"):
+        DynamoHttpClient("http://127.0.0.1:1", "eu-west-1", "a", "b", lanes=-1)
+    async with open_dynamo(CommonSettings(dynamo_url="http://127.0.0.1:1", dynamo_lanes=4)) as c:
+        assert isinstance(c, DynamoHttpClient)
+        assert c.lanes == 4
+    async with open_dynamo(CommonSettings(dynamo_url="http://127.0.0.1:1")) as c:
+        assert isinstance(c, DynamoHttpClient)
+        assert c.lanes == 2
+
+    async def echoing(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.02)
+        await send(writer, echo(item_id(seen)))
+        return True
+
+    async with ScriptedStore(echoing) as store:
+        lean = store.client(max_attempts=1, lanes=0)
+        got = await asyncio.gather(*(get_n(lean, n) for n in range(8)))
+        assert got == list(range(8))
+        assert lean.lane_writes == 0
+    assert store.connections == 8
+    assert all(seen.index == 1 for seen in store.requests)
+
+
+async def test_conditional_puts_through_lanes_on_the_real_store(infra: Infra) -> None:
+    """Against dynalite: many concurrent conditional puts on few keys, pipelined on two lanes,
+    keep exactly one winner per key, and the batches really formed."""
+    lean = DynamoHttpClient(infra.dynamo_url, "us-east-1", "local", "local", lanes=2)
+    table = f"{infra.table_prefix}messages"
+    wins: list[int] = []
+
+    refused: list[ClientError] = []
+
+    async def put(n: int) -> None:
+        try:
+            await lean.put_item(
+                TableName=table,
+                Item={"pk": {"S": "room_lanes"}, "sk": {"N": str(n % 10)}, "by": {"N": str(n)}},
+                **if_absent("pk"),
+            )
+            wins.append(n)
+        except ClientError as exc:
+            refused.append(exc)
+
+    try:
+        await asyncio.gather(*(put(n) for n in range(200)))
+        assert lean.lane_requests == 200
+        assert lean.lane_writes < 100
+        assert sorted(n % 10 for n in wins) == list(range(10))
+        assert len(refused) == 190
+        assert all(is_conditional_failure(exc) for exc in refused)
+        for n in wins:
+            got = await lean.get_item(
+                TableName=table, Key={"pk": {"S": "room_lanes"}, "sk": {"N": str(n % 10)}}
+            )
+            assert got["Item"]["by"] == {"N": str(n)}
+    finally:
+        await lean.close()

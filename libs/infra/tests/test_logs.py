@@ -1,12 +1,14 @@
-"""Log lines never carry tokens: query values, bearer headers and JWT-shaped strings."""
+"""Log lines never carry tokens: query values, bearer headers and JWT-shaped strings; generated
+correlation ids are unique."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 
 from infra.auth import TokenService
-from infra.logs import JsonFormatter, redact
+from infra.logs import JsonFormatter, new_correlation_id, redact
 
 
 def _token() -> str:
@@ -45,3 +47,23 @@ def test_formatter_redacts_message_args_and_exceptions() -> None:
     text = JsonFormatter("test").format(record)
     assert token not in text
     assert json.loads(text)["msg"] == "/ws?token=[redacted]"
+
+
+def test_correlation_ids_are_distinct_and_differ_after_fork() -> None:
+    """Generated correlation ids are 16 hex characters, never repeat within a process, and a
+    forked child does not hand out its parent's ids."""
+    ids = [new_correlation_id() for _ in range(100_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids[:100])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, new_correlation_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = new_correlation_id()
+    assert len(child) == 16
+    assert child[:8] != parent[:8]

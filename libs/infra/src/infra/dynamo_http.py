@@ -20,6 +20,11 @@ byte of its answer came is sent again at once on a new one (the keep-alive race)
 connections (a few times per timeout) instead of a timer per request. Measured against the
 same client on aiohttp (conditional PutItems at concurrency 64 against dynalite, uvloop): about
 20 us of this process's CPU per call instead of about 92.
+
+Single-item calls (the writes and reads of the hot path) go on a few "lanes" instead: HTTP/1.1
+connections on which the calls that arrive while every lane is busy are written together and
+answered in order (see `_exchange_lane`). With 2 lanes the mesh's ingest rose from about 2,000
+to 2,550 stored messages/s and the store ceiling from about 14,400 to 16,400 PutItem/s.
 """
 
 from __future__ import annotations
@@ -61,6 +66,11 @@ _XOR_5C = bytes(x ^ 0x5C for x in range(256))
 CONNECT_TIMEOUT = 3.0
 KEEPALIVE_SECONDS = 30.0  # the longest a connection is kept idle (less if the server says so)
 HEAD_LIMIT = 65536  # a response head larger than this is not an answer of the store
+DEFAULT_LANES = 2
+LANE_BATCH = 64  # requests written together on a lane at most
+# Calls that touch one item: quick and of bounded size on every store, so that pipelining one
+# behind another costs it little (queries and batches use the pool's connections).
+LANE_OPERATIONS = frozenset({"PutItem", "GetItem", "DeleteItem", "UpdateItem"})
 
 
 class SigV4:
@@ -181,19 +191,33 @@ def _header(head: bytes, name: bytes) -> bytes | None:
     return (head[i:] if j < 0 else head[i:j]).strip()
 
 
+class _Pending:
+    """A request on a connection, or waiting for a lane: its answer's future and deadline."""
+
+    __slots__ = ("deadline", "future", "request")
+
+    def __init__(
+        self, future: asyncio.Future[tuple[int, bytes]], deadline: float, request: bytes = b""
+    ) -> None:
+        self.future = future
+        self.deadline = deadline
+        self.request = request
+
+
 class _Connection(asyncio.Protocol):
-    """One persistent HTTP/1.1 connection: at most one request in flight."""
+    """One persistent HTTP/1.1 connection. A pool connection has at most one request in flight;
+    a lane (see `DynamoHttpClient`) has a batch of them, answered in order (pipelining)."""
 
     def __init__(self, client: DynamoHttpClient) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.deadline = 0.0
+        self.pending: deque[_Pending] = deque()  # requests written, oldest first
+        self.lane = False
         self.closed = False
         self.keep = True
         self.idle_since = 0.0
         self.idle_limit = client.keepalive_seconds
-        self._received = False
+        self._received = False  # bytes of the oldest pending request's answer came
         self._buf = bytearray()
         self._reset()
 
@@ -206,6 +230,11 @@ class _Connection(asyncio.Protocol):
         self._chunk_at = 0
         self._chunks: list[bytes] = []
 
+    @property
+    def deadline(self) -> float:
+        """When the oldest request in flight has waited too long (inf: none in flight)."""
+        return self.pending[0].deadline if self.pending else float("inf")
+
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -216,41 +245,66 @@ class _Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self.pending:
             self.abort()  # bytes nobody asked for: this connection is out of step
             return
         self._received = True
-        try:
-            if self._buf:
-                self._buf += data
-                result = self._parse(self._buf)
-            else:
-                result = self._parse(data)  # usually the whole response in one read
-                if result is None:
-                    self._buf += data
-        except (ValueError, ResponseError) as exc:
-            self.fail(exc if isinstance(exc, ResponseError) else ResponseError(str(exc)))
-            return
-        if result is not None:
-            self.waiter = None
+        buf: bytes | bytearray
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = data  # usually whole answers in one read: parsed without a copy
+        while True:
+            try:
+                result = self._parse(buf)
+            except (ValueError, ResponseError) as exc:
+                self.fail(exc if isinstance(exc, ResponseError) else ResponseError(str(exc)))
+                return
+            if result is None:
+                if buf is not self._buf:
+                    self._buf += buf
+                return
+            status, body, end = result
+            rest = bytes(buf[end:]) if end < len(buf) else b""
             self._reset()
-            waiter.set_result(result)
+            self._received = bool(rest)
+            done = self.pending.popleft()
+            if not done.future.done():  # else its caller gave up (cancelled): dropped
+                done.future.set_result((status, body))
+            if rest and (not self.pending or not self.keep):
+                self.keep = False
+                self.abort()  # more than the answers asked for: do not trust it again
+                return
+            if not self.pending:
+                self.idle_since = self.client.loop.time()
+                if not self.keep:
+                    self.close()
+                elif self.lane:
+                    self.client._lane_free(self)
+                return
+            if not rest:
+                return
+            buf = rest
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        pending, self.pending = self.pending, deque()
         self.client._retire(self)
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        self.waiter = None
-        if self._start != _NO_HEAD and self._length == _UNTIL_CLOSE and exc is None:
-            waiter.set_result((self._status, bytes(self._buf[self._start :])))
-        else:
-            reason = f": {exc}" if exc else ""
-            waiter.set_exception(
-                Disconnected(f"the store closed the connection{reason}", not self._received)
-            )
+        first = True
+        for item in pending:
+            if item.future.done():
+                first = False
+                continue
+            if first and self._start != _NO_HEAD and self._length == _UNTIL_CLOSE and exc is None:
+                item.future.set_result((self._status, bytes(self._buf[self._start :])))
+            else:
+                reason = f": {exc}" if exc else ""
+                silent = not (first and self._received)
+                item.future.set_exception(
+                    Disconnected(f"the store closed the connection{reason}", silent)
+                )
+            first = False
         self._reset()
 
     # -- requests
@@ -260,16 +314,37 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             raise Disconnected("the store closed the connection", silent=True)
         waiter: asyncio.Future[tuple[int, bytes]] = self.client.loop.create_future()
-        self.waiter = waiter
-        self.deadline = deadline
-        self._received = False
+        if not self.pending:
+            self._received = False
+        self.pending.append(_Pending(waiter, deadline))
         self.transport.write(data)
         return waiter
 
+    def send_batch(self, batch: list[_Pending]) -> None:
+        """Write the requests of `batch` in one write (pipelined); answers come in order."""
+        if self.transport is None or self.transport.is_closing():
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(
+                        Disconnected("the store closed the connection", silent=True)
+                    )
+            return
+        if not self.pending:
+            self._received = False
+        self.pending.extend(batch)
+        if len(batch) == 1:
+            self.transport.write(batch[0].request)
+        else:
+            self.transport.write(b"".join([item.request for item in batch]))
+        for item in batch:
+            item.request = b""  # written: do not keep the bytes
+
     def fail(self, exc: Exception) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        """Fail every request in flight with `exc` and drop the connection."""
+        pending, self.pending = self.pending, deque()
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(exc)
         self.abort()
 
     def abort(self) -> None:
@@ -288,8 +363,9 @@ class _Connection(asyncio.Protocol):
 
     # -- response parsing
 
-    def _parse(self, buf: bytes | bytearray) -> tuple[int, bytes] | None:
-        """(status, body) once `buf` holds a whole response, else None (state is kept)."""
+    def _parse(self, buf: bytes | bytearray) -> tuple[int, bytes, int] | None:
+        """(status, body, end) once `buf` holds a whole response (`end`: the offset just past
+        it, where a pipelined next answer begins), else None (state is kept)."""
         while self._start == _NO_HEAD:
             at = self._head_at
             end = buf.find(b"\r\n\r\n", at)
@@ -329,14 +405,13 @@ class _Connection(asyncio.Protocol):
             available = len(buf) - self._start
             if available < length:
                 return None
-            if available > length:
-                self.keep = False  # more than the answer: do not trust this connection again
-            return self._status, bytes(buf[self._start : self._start + length])
+            end = self._start + length
+            return self._status, bytes(buf[self._start : end]), end
         if length == _CHUNKED:
             return self._dechunk(buf)
         return None  # until the server closes
 
-    def _dechunk(self, buf: bytes | bytearray) -> tuple[int, bytes] | None:
+    def _dechunk(self, buf: bytes | bytearray) -> tuple[int, bytes, int] | None:
         at = self._chunk_at or self._start
         while True:
             eol = buf.find(b"\r\n", at)
@@ -347,10 +422,15 @@ class _Connection(asyncio.Protocol):
             if size < 0:
                 raise ResponseError("bad chunk size")
             if size == 0:
-                if buf[eol + 2 : eol + 4] != b"\r\n" and buf.find(b"\r\n\r\n", eol) < 0:
-                    self._chunk_at = at  # trailers not complete yet
-                    return None
-                return self._status, b"".join(self._chunks)
+                if buf[eol + 2 : eol + 4] == b"\r\n":
+                    end = eol + 4
+                else:
+                    trailers = buf.find(b"\r\n\r\n", eol)
+                    if trailers < 0:
+                        self._chunk_at = at  # trailers not complete yet
+                        return None
+                    end = trailers + 4
+                return self._status, b"".join(self._chunks), end
             data_end = eol + 2 + size
             if len(buf) < data_end + 2:
                 self._chunk_at = at
@@ -375,6 +455,7 @@ class DynamoHttpClient:
         timeout_seconds: float = 10.0,
         max_attempts: int = 6,
         ssl_context: ssl.SSLContext | None = None,
+        lanes: int | None = None,
     ) -> None:
         if not endpoint:
             endpoint = f"https://dynamodb.{region}.amazonaws.com"
@@ -402,6 +483,20 @@ class DynamoHttpClient:
         self._hints: dict[bytes, float] = {}
         self._head_date = ""
         self._heads: dict[str, bytes] = {}
+        # Pipelined lanes for single-item calls (see `_exchange_lane`); by default on a local
+        # store's plain-HTTP endpoint only, since proxies in front of a cloud endpoint may not
+        # take pipelined requests well.
+        if lanes is None:
+            lanes = 0 if parts.scheme == "https" else DEFAULT_LANES
+        if lanes < 0:
+            raise ValueError("lanes must be 0 (off) or more")
+        self.lanes = lanes
+        self._lanes: list[_Connection] = []
+        self._lanes_opening = 0
+        self._backlog: deque[_Pending] = deque()  # single-item calls waiting for a free lane
+        self.lane_writes = 0  # writes of pipelined batches, and the requests in them
+        self.lane_requests = 0
+        self._lane_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -415,6 +510,12 @@ class DynamoHttpClient:
             self._sweeper.cancel()
             self._sweeper = None
         self._idle.clear()
+        for task in self._lane_tasks:
+            task.cancel()
+        while self._backlog:
+            item = self._backlog.popleft()
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("DynamoHttpClient is closed"))
         for connection in list(self._connections):
             connection.abort()
         for waiter in self._slot_waiters:
@@ -429,9 +530,14 @@ class DynamoHttpClient:
             raise RuntimeError("DynamoHttpClient is closed")
         body = orjson.dumps(params)
         target = f"{API_VERSION}.{operation}"
+        exchange = self._exchange_lane if self.lanes and operation in LANE_OPERATIONS else None
         for attempt in range(1, self.max_attempts + 1):
             try:
-                status, raw = await self._exchange(self._request(target, body))
+                request = self._request(target, body)
+                if exchange is not None:
+                    status, raw = await exchange(request)
+                else:
+                    status, raw = await self._exchange(request)
             except (TimeoutError, OSError) as exc:
                 if attempt == self.max_attempts:
                     raise ClientError(
@@ -587,8 +693,104 @@ class DynamoHttpClient:
             self._connections.discard(connection)
             with contextlib.suppress(ValueError):
                 self._idle.remove(connection)
+            if connection.lane:
+                with contextlib.suppress(ValueError):
+                    self._lanes.remove(connection)
+                if self._backlog and not self._closed and not self._lanes_opening:
+                    self._open_lane()  # the waiting calls need a lane
             if self._slot_waiters:
                 self._wake()
+
+    # -- lanes: pipelined single-item calls
+
+    async def _exchange_lane(self, request: bytes) -> tuple[int, bytes]:
+        """Send a single-item call on a lane: at once when a lane has nothing in flight, else
+        with the other calls waiting for one, all in one write once it is free.
+
+        Why: each request on its own connection is a wake-up of the store and of this
+        process (a write, a read on each side); on a small machine those wake-ups are most of
+        a conditional PutItem's cost (dynalite: about 230 us of CPU per put one at a time,
+        160 with 2 written together, 110 with 4, 80 with 8). Like Nagle's algorithm, a quiet
+        client sends each request at once, and under load the requests that arrive while the
+        lanes are busy go out together. Answers come in order; a caller that gave up has its
+        answer dropped. A request whose lane closed before any byte of its answer came (the
+        keep-alive race) is sent again at once, as on the pool.
+        """
+        if self._closed:
+            raise RuntimeError("DynamoHttpClient is closed")
+        loop = self.loop
+        deadline = loop.time() + self.timeout_seconds
+        for resend in (False, True):
+            future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
+            item = _Pending(future, deadline, request)
+            lane = self._free_lane(loop.time())
+            if lane is not None:
+                self.lane_writes += 1
+                self.lane_requests += 1
+                lane.send_batch([item])
+            else:
+                self._backlog.append(item)
+                if len(self._lanes) + self._lanes_opening < self.lanes:
+                    self._open_lane()
+            try:
+                return await future
+            except Disconnected as exc:
+                if resend or not exc.silent or self._closed:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _free_lane(self, now: float) -> _Connection | None:
+        for lane in self._lanes:
+            if lane.pending or lane.closed:
+                continue
+            if lane.transport is None or lane.transport.is_closing():
+                lane.abort()
+                return self._free_lane(now)
+            if now - lane.idle_since >= lane.idle_limit:
+                lane.close()  # idle for longer than the server keeps it: do not race its close
+                return self._free_lane(now)
+            return lane
+        return None
+
+    def _lane_free(self, lane: _Connection) -> None:
+        """`lane` has every answer: send the calls that waited, in one write."""
+        backlog = self._backlog
+        batch: list[_Pending] = []
+        while backlog and len(batch) < LANE_BATCH:
+            item = backlog.popleft()
+            if not item.future.done():  # else its caller gave up
+                batch.append(item)
+        if batch:
+            self.lane_writes += 1
+            self.lane_requests += len(batch)
+            lane.send_batch(batch)
+
+    def _open_lane(self) -> None:
+        self._lanes_opening += 1
+        task = self.loop.create_task(self._connect_lane())
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _connect_lane(self) -> None:
+        try:
+            lane = await self._connect(self.loop.time() + self.timeout_seconds)
+        except BaseException as exc:
+            self._lanes_opening -= 1
+            if not self._lanes and not self._lanes_opening:
+                # nothing will serve the waiting calls: they fail (and are retried by `call`)
+                error = exc if isinstance(exc, OSError | TimeoutError) else OSError(repr(exc))
+                while self._backlog:
+                    item = self._backlog.popleft()
+                    if not item.future.done():
+                        item.future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._lanes_opening -= 1
+        lane.lane = True
+        lane.idle_since = self.loop.time()
+        self._lanes.append(lane)
+        self._lane_free(lane)
 
     def _wake(self) -> None:
         while self._slot_waiters:
@@ -629,10 +831,16 @@ class DynamoHttpClient:
         now = self.loop.time()
         try:
             for connection in list(self._connections):
-                waiter = connection.waiter
-                if waiter is not None and not waiter.done() and connection.deadline <= now:
+                if connection.deadline <= now:
                     with contextlib.suppress(Exception):  # one broken transport must not
                         connection.fail(TimeoutError(f"no answer within {self.timeout_seconds} s"))
+            backlog = self._backlog
+            while backlog and (backlog[0].deadline <= now or backlog[0].future.done()):
+                item = backlog.popleft()  # never written: no lane came free in time
+                if not item.future.done():
+                    item.future.set_exception(
+                        TimeoutError(f"no free connection within {self.timeout_seconds} s")
+                    )
         finally:
             self._schedule_sweep()  # every request's timeout depends on this sweep
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import secrets
 import sys
@@ -16,8 +18,23 @@ from contextvars import ContextVar
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 
 
+_id_prefix = secrets.token_hex(4)
+_id_counter = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = secrets.token_hex(4), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def new_correlation_id() -> str:
-    return secrets.token_hex(8)
+    """16 hex characters, unique per process: a random prefix drawn once per process and a
+    counter. Why not 8 random bytes each time: a fresh id per WS frame, and reading the OS's
+    random source for each was a measurable share of the edge's CPU per message."""
+    return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFF:08x}"
 
 
 # Secrets that must never reach a log line: `token=` query values (WS and SSE URLs), `"token":`

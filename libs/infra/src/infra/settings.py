@@ -37,6 +37,9 @@ class CommonSettings(BaseSettings):
     aws_access_key_id: str = "local"
     aws_secret_access_key: str = "local"
     table_prefix: str = "chat_"
+    # Connections on which single-item store calls are pipelined (infra.dynamo_http); unset:
+    # 2 for an http:// endpoint, 0 (off) for https://
+    dynamo_lanes: int | None = Field(default=None, ge=0, le=64)
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     request_timeout_seconds: float = Field(default=5.0, gt=0)

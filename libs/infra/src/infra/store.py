@@ -56,6 +56,7 @@ async def open_dynamo(settings: CommonSettings) -> AsyncIterator[DynamoDBClient]
         settings.aws_region,
         settings.aws_access_key_id,
         settings.aws_secret_access_key,
+        lanes=settings.dynamo_lanes,
     )
     try:
         # It implements the subset of DynamoDBClient the services call (same signatures).
