@@ -31,9 +31,10 @@ os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def new_correlation_id() -> str:
-    """16 hex characters, unique per process: a random prefix drawn once per process and a
-    counter. Why not 8 random bytes each time: a fresh id per WS frame, and reading the OS's
-    random source for each was a measurable share of the edge's CPU per message."""
+    """16 hex characters: a random prefix drawn once per process (again after a fork) and a
+    counter, so no two ids of a process repeat within 2**32 of them. Why not 8 random bytes
+    each time: a fresh id per WS frame, and reading the OS's random source for each was a
+    measurable share of the edge's CPU per message. Ids trace requests; they grant nothing."""
     return f"{_id_prefix}{next(_id_counter) & 0xFFFFFFFF:08x}"
 
 
