@@ -613,8 +613,7 @@ class DynamoHttpClient:
                 raise
             break
         if connection.keep and not connection.closed and not self._closed:
-            connection.idle_since = loop.time()
-            self._idle.append(connection)
+            self._idle.append(connection)  # idle since its answer (set in data_received)
         else:
             connection.close()
         if self._slot_waiters:
@@ -722,16 +721,12 @@ class DynamoHttpClient:
         deadline = loop.time() + self.timeout_seconds
         for resend in (False, True):
             future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
-            item = _Pending(future, deadline, request)
+            self._backlog.append(_Pending(future, deadline, request))
             lane = self._free_lane(loop.time())
             if lane is not None:
-                self.lane_writes += 1
-                self.lane_requests += 1
-                lane.send_batch([item])
-            else:
-                self._backlog.append(item)
-                if len(self._lanes) + self._lanes_opening < self.lanes:
-                    self._open_lane()
+                self._lane_free(lane)  # at once (behind any calls still waiting)
+            elif len(self._lanes) + self._lanes_opening < self.lanes:
+                self._open_lane()
             try:
                 return await future
             except Disconnected as exc:
