@@ -1,65 +1,201 @@
-"""The command pipeline's shared flush: one round trip serves everyone waiting together."""
+"""The command pipeline on real NATS: a command's ack leaves in the same write as its event,
+after it (no PING/PONG per message), and falls back to a flush when the buffer was written."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
 
+import nats
 import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
-from history_service.entrypoints.bus import CoalescedFlush
+from contracts import subjects
+from contracts.bus import CreateMessageCommand, MessageCreated, Origin
+from contracts.rest import Message
+from history_service.adapters.fakes import FakeRoomDirectory, InMemoryMessageStore
+from history_service.adapters.publisher import NatsPublisher
+from history_service.domain import RoomMeta, message_of
+from history_service.entrypoints.bus import CreateMessageConsumer, PullOptions
+from history_service.handlers import CreateMessageHandler, MessageWriter, RoomAccess
+from mesh.testing import Infra
 
+pytestmark = pytest.mark.integration
 
-async def test_concurrent_callers_share_flushes() -> None:
-    """Ten concurrent callers need at most two flushes; a later caller gets a flush of its own."""
-    calls = 0
-    gate = asyncio.Event()
-
-    async def flush() -> None:
-        nonlocal calls
-        calls += 1
-        await gate.wait()
-
-    shared = CoalescedFlush(flush)
-    waiters = [asyncio.create_task(shared()) for _ in range(10)]
-    await asyncio.sleep(0.01)
-    gate.set()
-    await asyncio.gather(*waiters)
-    assert 1 <= calls <= 2
-    before = calls
-    await shared()
-    assert calls == before + 1
+ROOM = RoomMeta("room_pipeline", ("alice", "bob"), "2024-06-16T12:36:00.000Z")
 
 
-async def test_caller_arriving_during_a_flush_waits_for_the_next() -> None:
-    """A publish made while a flush is under way is covered only by a flush started after it."""
-    order: list[str] = []
-    release = asyncio.Event()
+class WriteRecorder:
+    """Every write nats-py makes to its socket, as (write number, operation, subject)."""
 
-    async def flush() -> None:
-        order.append("start")
-        await release.wait()
-        order.append("end")
+    def __init__(self, nc: NATS) -> None:
+        self.writes: list[bytes] = []
+        transport = nc._transport
+        assert transport is not None
+        write, writelines = transport.write, transport.writelines
 
-    shared = CoalescedFlush(flush)
-    first = asyncio.create_task(shared())
-    await asyncio.sleep(0.01)
-    second = asyncio.create_task(shared())  # arrives mid-flush
-    await asyncio.sleep(0.01)
-    release.set()
-    await first
-    assert not second.done() or order.count("start") == 2
-    await second
-    assert order == ["start", "end", "start", "end"]
+        def record_write(data: bytes) -> None:
+            self.writes.append(bytes(data))
+            write(data)
+
+        def record_writelines(lines: list[bytes]) -> None:
+            self.writes.append(b"".join(lines))
+            writelines(lines)
+
+        transport.write = record_write  # type: ignore[method-assign]
+        transport.writelines = record_writelines  # type: ignore[method-assign]
+
+    def ops(self) -> Iterator[tuple[int, str, str]]:
+        """Parse the protocol of each write: PUB/HPUB with their subjects, PING."""
+        for number, data in enumerate(self.writes):
+            at = 0
+            while at < len(data):
+                if data.startswith(b"PING\r\n", at):
+                    yield number, "PING", ""
+                    at += 6
+                    continue
+                end = data.index(b"\r\n", at)
+                words = data[at:end].split()
+                at = end + 2
+                if words[0] in (b"PUB", b"HPUB"):  # subject [reply] [header size] total size
+                    yield number, words[0].decode(), words[1].decode()
+                    at += int(words[-1]) + 2
+                # else SUB, UNSUB, CONNECT...: one line
 
 
-async def test_flush_failure_reaches_every_waiter() -> None:
-    """When the flush fails, each waiter sees the error (and naks its command)."""
+@pytest.fixture(scope="module")
+def bus(infra: Infra) -> Iterator[Infra]:
+    """A private NATS with the streams provisioned (the durable consumer is this test's own)."""
+    fork = infra.fork()
+    try:
+        yield fork
+    finally:
+        fork.close()
 
-    async def flush() -> None:
-        raise ConnectionError("bus down")
 
-    shared = CoalescedFlush(flush)
-    results = await asyncio.gather(shared(), shared(), return_exceptions=True)
-    assert all(isinstance(r, ConnectionError) for r in results)
-    with pytest.raises(ConnectionError):
-        await shared()
+@pytest.fixture
+async def nc(bus: Infra) -> AsyncIterator[NATS]:
+    client = await nats.connect(bus.nats_url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def command(number: int) -> CreateMessageCommand:
+    return CreateMessageCommand(
+        userId="alice",
+        roomId=ROOM.room_id,
+        messageId=f"m{number:03d}",
+        content=f"message {number}",
+        createdAt="2024-06-16T12:34:56.789Z",
+        origin=Origin(node="node-a", conn="c1", requestId=f"q{number}"),
+    )
+
+
+async def wait_for(check: object, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("not within the time allowed")
+
+
+async def test_each_ack_leaves_in_the_write_of_its_event(nc: NATS, bus: Infra) -> None:
+    """Commands through JetStream to the real consumer: every MessageCreated and its command's
+    ack share one socket write, the event first, and no PING is sent for them."""
+    store = InMemoryMessageStore()
+    store.rooms[ROOM.room_id] = ROOM
+    publisher = NatsPublisher(nc)
+    handler = CreateMessageHandler(
+        MessageWriter(store), RoomAccess(store, FakeRoomDirectory(), 10), publisher
+    )
+    js = nc.jetstream(timeout=10)
+    consumer = CreateMessageConsumer(
+        nc, js, handler, publisher, PullOptions(batch=8, ack_wait=5, nak_delay=0.2)
+    )
+    recorder = WriteRecorder(nc)
+    sender = await nats.connect(bus.nats_url)
+    events: list[Message] = []
+
+    async def on_event(msg: Msg) -> None:
+        events.append(MessageCreated.model_validate_json(msg.data).message)
+
+    await sender.subscribe(subjects.message_created(ROOM.room_id), cb=on_event)
+    stream_seq: dict[str, int] = {}
+    try:
+        await consumer.loop.start()
+        sender_js = sender.jetstream(timeout=10)
+        for number in range(30):
+            sent = command(number)
+            ack = await sender_js.publish(
+                subjects.create_message(ROOM.room_id), sent.model_dump_json().encode()
+            )
+            stream_seq[sent.messageId] = ack.seq
+
+        async def all_acked() -> bool:
+            info = await js.consumer_info(
+                subjects.COMMANDS_STREAM, subjects.HISTORY_COMMANDS_CONSUMER
+            )
+            return len(events) == 30 and info.num_ack_pending == 0 and info.num_pending == 0
+
+        await wait_for(all_acked)
+    finally:
+        await consumer.loop.stop()
+        await sender.close()
+
+    assert [m.seq for m in events] == list(range(1, 31))
+    assert publisher.flushes == 0
+    ops = list(recorder.ops())
+    assert not [op for op in ops if op[1] == "PING"]
+    # event k is the k-th MessageCreated; its command's ack is the PUB to $JS.ACK... whose
+    # stream sequence is the command's
+    created = [(i, n) for i, (n, kind, s) in enumerate(ops) if s.startswith("chat.evt.")]
+    assert len(created) == 30
+    for message, (position, write) in zip(events, created, strict=True):
+        acks = [
+            (i, n)
+            for i, (n, kind, s) in enumerate(ops)
+            if s.startswith("$JS.ACK.") and s.split(".")[5] == str(stream_seq[message.messageId])
+        ]
+        assert len(acks) == 1, message.messageId
+        ack_position, ack_write = acks[0]
+        assert ack_write == write, message.messageId  # the same write...
+        assert ack_position > position, message.messageId  # ...the event first
+
+
+async def test_written_buffer_falls_back_to_a_flush(nc: NATS) -> None:
+    """When the event's buffer was already written, settle waits for a PING/PONG first."""
+    publisher = NatsPublisher(nc)
+    recorder = WriteRecorder(nc)
+    acked: list[str] = []
+
+    async def ack() -> None:
+        await nc.publish("test.ack", b"")
+        acked.append("ack")
+
+    message = command(1)
+    event = MessageCreated(message=message_of(message, 1), origin=message.origin)
+    await publisher.message_created(event, also_to_node=False)
+    await publisher.settle(ack)  # still buffered: no flush
+    assert publisher.flushes == 0
+    assert acked == ["ack"]
+    await publisher.message_created(event, also_to_node=False)
+    await asyncio.sleep(0.05)  # the flusher writes the buffer
+    await publisher.settle(ack)
+    assert publisher.flushes == 1
+    assert acked == ["ack", "ack"]
+    await asyncio.sleep(0.05)  # (not nc.flush(): nats-py writes its PING ahead of the buffer)
+    kinds = list(recorder.ops())
+    first_event, first_ack = kinds[0], kinds[1]
+    assert first_event[2].startswith("chat.evt.")
+    assert first_ack[2] == "test.ack"
+    assert first_event[0] == first_ack[0]  # one write
+    second_event, ping, second_ack = kinds[2:5]
+    assert second_event[2].startswith("chat.evt.")
+    assert ping[1] == "PING"
+    assert second_ack[2] == "test.ack"
+    assert second_event[0] < ping[0] < second_ack[0]

@@ -111,7 +111,7 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.created: list[tuple[MessageCreated, bool]] = []
         self.rejections: list[CommandRejected] = []
-        self.flushes = 0
+        self.settled = 0
 
     async def message_created(self, event: MessageCreated, also_to_node: bool) -> None:
         self.created.append((event, also_to_node))
@@ -119,5 +119,6 @@ class RecordingPublisher:
     async def rejected(self, event: CommandRejected) -> None:
         self.rejections.append(event)
 
-    async def flush(self) -> None:
-        self.flushes += 1
+    async def settle(self, ack: Callable[[], Awaitable[None]]) -> None:
+        self.settled += 1
+        await ack()

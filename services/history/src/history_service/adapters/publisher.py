@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from nats.aio.client import Client as NATS
@@ -21,17 +22,39 @@ class EventPublisher(Protocol):
     async def rejected(self, event: CommandRejected) -> None:
         """Tell the origin node that a command was refused."""
 
-    async def flush(self) -> None:
-        """Return once everything published so far has reached the bus."""
+    async def settle(self, ack: Callable[[], Awaitable[None]]) -> None:
+        """Run `ack` (the command's acknowledgement) only where the server cannot read it
+        before the events just published for that command."""
 
 
 class NatsPublisher:
     """`EventPublisher` on core NATS (MessageCreated is not captured by a stream: see
-    contracts.subjects.CAPTURED_EVENTS)."""
+    contracts.subjects.CAPTURED_EVENTS).
+
+    Why `settle` needs no PING/PONG: nats-py queues what is published in the connection's
+    outgoing buffer and a flusher task writes the whole buffer at once. The command's ack is
+    published on the same connection as its events; while the events still wait in the buffer
+    the ack joins them and goes out in the same write, after them. TCP hands the server a
+    prefix of that stream even when the connection breaks (and a buffer not yet written is
+    sent whole after a reconnect), so the server never reads the ack without the events: the
+    guarantee a flush gave, without its round trip (a wake-up of the server and of history per
+    message). Only when the buffer was written in between (the client waited for a full
+    buffer) does `settle` flush first.
+    """
 
     def __init__(self, nc: NATS, flush_timeout: float = 5.0) -> None:
         self._nc = nc
         self._flush_timeout = flush_timeout
+        self._buffer: object | None = None  # nats-py's outgoing buffer at the last publish
+        self.flushes = 0  # settles that needed a round trip (the buffer had been written)
+
+    def _published(self) -> None:
+        self._buffer = getattr(self._nc, "_pending", None)
+
+    def _still_buffered(self) -> bool:
+        """True when nothing was written since the last publish: it is still in the buffer."""
+        buffer = getattr(self._nc, "_pending", None)
+        return buffer is not None and buffer is self._buffer
 
     async def message_created(self, event: MessageCreated, also_to_node: bool) -> None:
         headers = stamp(event) or None  # the command's correlation id goes on to the pushes
@@ -41,6 +64,7 @@ class NatsPublisher:
         log.debug("published MessageCreated seq %d", event.message.seq)
         if also_to_node and event.origin is not None and event.origin.node:
             await self._nc.publish(subjects.node(event.origin.node), payload, headers=headers)
+        self._published()
 
     async def rejected(self, event: CommandRejected) -> None:
         if event.origin.node:
@@ -48,6 +72,10 @@ class NatsPublisher:
             await self._nc.publish(
                 subjects.node(event.origin.node), event.model_dump_json().encode(), headers=headers
             )
+            self._published()
 
-    async def flush(self) -> None:
-        await self._nc.flush(timeout=int(max(1, self._flush_timeout)))
+    async def settle(self, ack: Callable[[], Awaitable[None]]) -> None:
+        if not self._still_buffered():
+            self.flushes += 1
+            await self._nc.flush(timeout=int(max(1, self._flush_timeout)))
+        await ack()

@@ -109,39 +109,6 @@ async def _nak(msg: Msg, delay: float) -> None:
         await msg.nak(delay=delay)
 
 
-class CoalescedFlush:
-    """`flush()` returns once everything published before the call reached the bus; callers
-    arriving together share one PING/PONG instead of one round trip each."""
-
-    def __init__(self, flush: Callable[[], Awaitable[None]]) -> None:
-        self._flush = flush
-        self._next: asyncio.Future[None] | None = None
-        self._running = False
-
-    async def __call__(self) -> None:
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        waiting = self._next
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._run())
-        await asyncio.shield(waiting)
-
-    async def _run(self) -> None:
-        try:
-            while self._next is not None:
-                # everyone waiting on `current` published before this flush starts
-                current, self._next = self._next, None
-                try:
-                    await self._flush()
-                    current.set_result(None)
-                except Exception as exc:
-                    current.set_exception(exc)
-                    current.exception()  # retrieved: waiters re-raise it
-        finally:
-            self._running = False
-
-
 class CreateMessageConsumer:
     """`chat.cmd.create_message.*` from CHAT_COMMANDS (durable `history-create-message`).
 
@@ -149,7 +116,8 @@ class CreateMessageConsumer:
     command waits for nothing but its own room's earlier commands. Rooms run concurrently, each
     room's commands one after the other, in stream order (a connection's messages keep their
     order). At most `max_in_flight` commands are held (backpressure on fetching). A command is
-    acked only after its store write and the flush of its publishes (flushes are shared); a
+    acked only after its store write, in the same write to NATS as its event and after it
+    (`EventPublisher.settle`: the server cannot take the ack without the event); a
     store or rooms outage naks it with a delay (JetStream keeps it; it is applied once when
     they are back), and the room's queued commands with it, to keep their order.
     """
@@ -166,7 +134,6 @@ class CreateMessageConsumer:
         self.handler = handler
         self.publisher = publisher
         self.options = options
-        self._flush = CoalescedFlush(publisher.flush)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._queues: dict[str, deque[tuple[Msg, CreateMessageCommand]]] = {}
         self._workers: set[asyncio.Task[None]] = set()
@@ -239,17 +206,15 @@ class CreateMessageConsumer:
             log.exception("create_message failed", extra={"room_id": command.roomId})
             await _nak(msg, self.options.nak_delay)
             return False
-        try:
-            await self._flush()
-        except Exception as exc:  # the event may not have left: redeliver (re-publish is harmless)
-            log.warning("flush failed, command will be redelivered: %s", exc)
-            await _nak(msg, self.options.nak_delay)
-            return False
         COMMAND_LATENCY.labels("create_message").observe(time.perf_counter() - started)
         log.debug("create_message stored", extra={"room_id": command.roomId})
-        with contextlib.suppress(Exception):
-            await msg.ack()
-        return True
+        try:
+            # at once, before anything else can run: the ack joins the event's write
+            await self.publisher.settle(msg.ack)
+        except Exception as exc:  # the event may not have left: redeliver (it is published again)
+            log.warning("ack failed, command will be redelivered: %s", exc)
+            await _nak(msg, self.options.nak_delay)
+        return True  # stored: the room's later commands need not wait for the redelivery
 
 
 class RoomCreatedConsumer:
