@@ -199,3 +199,24 @@ async def test_written_buffer_falls_back_to_a_flush(nc: NATS) -> None:
     assert ping[1] == "PING"
     assert second_ack[2] == "test.ack"
     assert second_event[0] < ping[0] < second_ack[0]
+
+
+async def test_event_written_by_a_full_buffer_is_flushed_before_the_ack(bus: Infra) -> None:
+    """An event that itself overflowed nats-py's buffer is written before settle runs: settle
+    sees that and waits for a PING/PONG before the ack."""
+    small = await nats.connect(bus.nats_url, pending_size=64)  # any event overflows it
+    try:
+        publisher = NatsPublisher(small)
+        acked: list[str] = []
+
+        async def ack() -> None:
+            acked.append("ack")
+
+        message = command(2)
+        event = MessageCreated(message=message_of(message, 2), origin=message.origin)
+        await publisher.message_created(event, also_to_node=True)
+        await publisher.settle(ack)
+        assert publisher.flushes == 1
+        assert acked == ["ack"]
+    finally:
+        await small.close()

@@ -45,14 +45,16 @@ class NatsPublisher:
     def __init__(self, nc: NATS, flush_timeout: float = 5.0) -> None:
         self._nc = nc
         self._flush_timeout = flush_timeout
-        self._buffer: object | None = None  # nats-py's outgoing buffer at the last publish
+        self._buffer: object | None = None  # nats-py's outgoing buffer the last event went to
         self.flushes = 0  # settles that needed a round trip (the buffer had been written)
 
-    def _published(self) -> None:
+    def _publishing(self) -> None:
+        """Before a command's first publish: the buffer its events are appended to (nats-py
+        replaces the list each time it writes one, so the same list means nothing was written)."""
         self._buffer = getattr(self._nc, "_pending", None)
 
     def _still_buffered(self) -> bool:
-        """True when nothing was written since the last publish: it is still in the buffer."""
+        """True when nothing was written since the last command's first event was published."""
         buffer = getattr(self._nc, "_pending", None)
         return buffer is not None and buffer is self._buffer
 
@@ -60,19 +62,19 @@ class NatsPublisher:
         headers = stamp(event) or None  # the command's correlation id goes on to the pushes
         payload = event.model_dump_json().encode()
         subject = subjects.message_created(event.message.roomId)
+        self._publishing()
         await self._nc.publish(subject, payload, headers=headers)
         log.debug("published MessageCreated seq %d", event.message.seq)
         if also_to_node and event.origin is not None and event.origin.node:
             await self._nc.publish(subjects.node(event.origin.node), payload, headers=headers)
-        self._published()
 
     async def rejected(self, event: CommandRejected) -> None:
         if event.origin.node:
             headers = stamp(event) or None
+            self._publishing()
             await self._nc.publish(
                 subjects.node(event.origin.node), event.model_dump_json().encode(), headers=headers
             )
-            self._published()
 
     async def settle(self, ack: Callable[[], Awaitable[None]]) -> None:
         if not self._still_buffered():
