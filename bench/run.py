@@ -86,8 +86,8 @@ class Config:
     # ingest
     ingest_clients: int = 200
     # above what the mesh stores here (about 3,200/s at e29f73d), so the stored count is the
-    # mesh's and not the offer's; far above it the edges spend the CPU on refusing frames
-    # (6,000 offered: 2,232 stored), so not much above
+    # mesh's and not the offer's; not far above: at 6,000 the per-connection queues fill, the
+    # edges refuse the frames beyond them, and the stored count varies (2,232 and 2,953)
     ingest_rate: float = 4000.0
     ingest_seconds: float = 20.0
     ingest_concurrency: int = 64
