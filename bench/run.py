@@ -87,7 +87,7 @@ class Config:
     ingest_clients: int = 200
     # above what the mesh stores here (about 3,200/s at e29f73d), so the stored count is the
     # mesh's and not the offer's; not far above: at 6,000 the per-connection queues fill, the
-    # edges refuse the frames beyond them, and the stored count varies (2,232 and 2,953)
+    # edges refuse the frames beyond them, and the stored count varies (2,232-3,169)
     ingest_rate: float = 4000.0
     ingest_seconds: float = 20.0
     ingest_concurrency: int = 64
@@ -845,11 +845,15 @@ async def scenario_ingest(cfg: Config, stack: Stack, out: Path) -> list[Record]:
         "peak_rss_mb": step["peak_rss_mb"],
         "p99_ms": step["p99_ms"],
         "loadgen_elu": step["loadgen_elu"],
+        # past the mesh's rate: error frames (refusals) and connections closed on the way
+        "errors": step["errors"],
+        "open_connections": step["open_connections"],
     }
     log(
         f"  {stack.name} ingest: {stored_per_s:.0f} stored msg/s "
         f"(offered {cfg.ingest_rate:.0f}) vs "
-        f"ceiling {ceiling['puts_per_s']:.0f} PutItem/s"
+        f"ceiling {ceiling['puts_per_s']:.0f} PutItem/s; error frames {step['errors']}, "
+        f"{step['open_connections']}/{cfg.ingest_clients} connections open at the end"
     )
     return [rec]
 
