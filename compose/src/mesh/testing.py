@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import secrets
 import shutil
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,6 +223,18 @@ def _start_testcontainers(stack: contextlib.ExitStack) -> tuple[str, str, str]:
     redis_url = f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0"
     dyn_url = f"http://{store.get_container_host_ip()}:{store.get_exposed_port(8000)}"
     return nats_url, redis_url, dyn_url
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 30.0) -> None:
+    """Wait until `check()` (plain or async) is true, polling every 50 ms; AssertionError after
+    `within` seconds. A generous bound on an event, never a timing assertion."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not reached within {within} s")
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from contracts.bus import (
 )
 from contracts.rest import Room, RoomParticipant
 from infra.auth import TokenService
-from mesh.testing import TEST_SECRET, Infra, ServiceLauncher, ServiceProcess
+from mesh.testing import TEST_SECRET, Infra, ServiceLauncher, ServiceProcess, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -118,15 +118,6 @@ async def send(nc: NATS, room_id: str, message_id: str, content: str, user: str 
     )
 
 
-async def wait_for(predicate: object, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 async def range_of(nc: NATS, rooms: dict[str, int | None], limit: int = 500) -> HistoryRangeReply:
     query = HistoryRangeQuery(rooms=rooms, limit=limit).model_dump_json().encode()
     reply = await nc.request(subjects.HISTORY_RANGE, query, timeout=10)
@@ -156,7 +147,7 @@ async def test_paging_over_http(history: ServiceProcess, nc: NATS) -> None:
     sub = await nc.subscribe(subjects.message_created(room), cb=collect)
     for i in range(120):
         await send(nc, room, f"m{i:03d}", f"message {i}")
-    await wait_for(lambda: len({e.message.seq for e in created}) >= 120)
+    await eventually(lambda: len({e.message.seq for e in created}) >= 120)
     await sub.unsubscribe()
     url = f"{history.url}/rooms/{room}/messages"
     async with httpx.AsyncClient(headers=token("bob"), timeout=10) as http:
@@ -242,8 +233,8 @@ async def test_retries_and_conflicts(history: ServiceProcess, nc: NATS) -> None:
         await send(nc, room, "dup", "same text")
     await send(nc, room, "dup", "other text")
     await send(nc, room, "after", "next one")
-    await wait_for(lambda: any(e.message.messageId == "after" for e in on_room))
-    await wait_for(lambda: len(to_node) >= 3)
+    await eventually(lambda: any(e.message.messageId == "after" for e in on_room))
+    await eventually(lambda: len(to_node) >= 3)
     await sub_node.unsubscribe()
     await sub_room.unsubscribe()
     assert await all_messages(nc, room) == [(1, "dup"), (2, "after")]
@@ -272,7 +263,7 @@ async def test_bad_commands_are_dropped_or_rejected(history: ServiceProcess, nc:
     await js.publish(subjects.create_message(room), b'{"command": "CreateMessage"}')
     await send(nc, room, "x1", "from outside", user="mallory")
     await send(nc, room, "x2", "fine")
-    await wait_for(lambda: len(to_node) >= 1)
+    await eventually(lambda: len(to_node) >= 1)
     assert to_node[0].error.code == "not_participant"
     reply = await range_of(nc, {room: 0})
     deadline = time.monotonic() + 15

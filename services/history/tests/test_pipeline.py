@@ -4,7 +4,6 @@ after it (no PING/PONG per message), and falls back to a flush when the buffer w
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import nats
@@ -20,7 +19,7 @@ from history_service.adapters.publisher import NatsPublisher
 from history_service.domain import RoomMeta, message_of
 from history_service.entrypoints.bus import CreateMessageConsumer, PullOptions
 from history_service.handlers import CreateMessageHandler, MessageWriter, RoomAccess
-from mesh.testing import Infra
+from mesh.testing import Infra, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -95,15 +94,6 @@ def command(number: int) -> CreateMessageCommand:
     )
 
 
-async def wait_for(check: object, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await check():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("not within the time allowed")
-
-
 async def test_each_ack_leaves_in_the_write_of_its_event(nc: NATS, bus: Infra) -> None:
     """Commands through JetStream to the real consumer: every MessageCreated and its command's
     ack share one socket write, the event first, and no PING is sent for them."""
@@ -142,7 +132,7 @@ async def test_each_ack_leaves_in_the_write_of_its_event(nc: NATS, bus: Infra) -
             )
             return len(events) == 30 and info.num_ack_pending == 0 and info.num_pending == 0
 
-        await wait_for(all_acked)
+        await eventually(all_acked, within=20)
     finally:
         await consumer.loop.stop()
         await sender.close()
