@@ -105,6 +105,29 @@ def test_sent_set_merges() -> None:
     assert sent.highest == 10
 
 
+def test_sent_set_matches_a_plain_set() -> None:
+    """The fast paths (a seq newer than all sent; a range that extends the last span) keep
+    the spans merged, sorted and equal to the plain set of seqs added, in any order."""
+    import itertools
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        sent, plain = SentSet(), set()
+        for _ in range(rng.randrange(1, 30)):
+            lo = rng.randrange(1, 40)
+            hi = lo + rng.choice((0, 0, 0, 1, 2, 5))
+            if rng.random() < 0.5:
+                # mostly in order, like live delivery, so the fast paths are taken
+                lo = hi = sent.highest + rng.choice((1, 1, 1, 2))
+            sent.add_range(lo, hi)
+            plain.update(range(lo, hi + 1))
+            assert sorted(sent.spans) == sent.spans
+            assert all(b + 1 < c for (_, b), (c, _) in itertools.pairwise(sent.spans))
+            assert {s for lo_, hi_ in sent.spans for s in range(lo_, hi_ + 1)} == plain
+            assert all((seq in sent) == (seq in plain) for seq in range(0, 50))
+
+
 def test_room_order_releases_in_seq_order() -> None:
     """Out-of-order events wait for the gap, duplicates are dropped, fill releases in order."""
     order = RoomOrder(delivered=0)

@@ -74,8 +74,22 @@ CONSUMER_REDELIVERED = Gauge(
 )
 
 
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once per label set. Why: `labels()` takes a lock and
+    builds its key on every call, and the edge and history call it several times per message;
+    label values here are bounded (see the module docstring), so the cache is too."""
+    key = (metric, values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child
+
+
 def count_error(code: str) -> None:
-    ERRORS.labels(str(code)).inc()
+    labelled(ERRORS, str(code)).inc()
 
 
 def frame_type(text: str) -> str:
@@ -96,15 +110,9 @@ def error_code(text: str) -> str:
     return text[start + 8 : end] if 0 < end - start < 60 else "unknown"
 
 
-_FRAMES_OUT_BY_TYPE: dict[str, Any] = {}  # labels() takes a lock and builds a key per call
-
-
 def count_frame_out(text: str) -> None:
     kind = frame_type(text)
-    child = _FRAMES_OUT_BY_TYPE.get(kind)
-    if child is None:  # server frame types only: a handful of entries
-        child = _FRAMES_OUT_BY_TYPE[kind] = WS_FRAMES_OUT.labels(kind)
-    child.inc()
+    labelled(WS_FRAMES_OUT, kind).inc()
     if kind == "error":
         count_error(error_code(text))
 

@@ -87,6 +87,7 @@ from history_service.domain import (
     make_page,
     message_of,
 )
+from infra.metrics import labelled
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class MessageWriter:
                 raise Unavailable("claim exists but cannot be read")
             if claim.hash != digest:
                 ROUND_TRIPS.inc(trips)
-                MESSAGES.labels("conflict").inc()
+                labelled(MESSAGES, "conflict").inc()
                 raise ChatError(
                     ErrorCode.CONFLICT,
                     f"messageId {message_id} is already used by another message",
@@ -201,7 +202,7 @@ class MessageWriter:
         self.stats.record(outcome)
         ROUND_TRIPS.inc(outcome.round_trips)
         TRIPS_PER_MESSAGE.observe(outcome.round_trips)
-        MESSAGES.labels("duplicate" if outcome.duplicate else "stored").inc()
+        labelled(MESSAGES, "duplicate" if outcome.duplicate else "stored").inc()
         return outcome
 
 

@@ -53,7 +53,7 @@ from contracts.ws import (
 from infra.auth import TokenService
 from infra.bus import ContinuousPull, adopt
 from infra.logs import correlation_id, new_correlation_id
-from infra.metrics import COMMAND_LATENCY, WS_FRAMES_IN
+from infra.metrics import COMMAND_LATENCY, WS_FRAMES_IN, labelled
 from ws_edge.adapters.bus import EdgeBus
 from ws_edge.adapters.connmap import RedisConnectionMap
 from ws_edge.adapters.direct_ws import text_frame
@@ -491,7 +491,7 @@ class Hub:
         # the frame's requestId (or a new id) follows the action through the bus to the store
         # write and the pushes, in every log line (infra.logs) and bus payload (infra.bus.stamp)
         correlation_id.set(action.requestId or new_correlation_id())
-        WS_FRAMES_IN.labels(action.action).inc()
+        labelled(WS_FRAMES_IN, action.action).inc()
         started = time.perf_counter()
         try:
             if isinstance(action, CreateMessageAction):
@@ -526,7 +526,7 @@ class Hub:
                 )
             )
         finally:
-            COMMAND_LATENCY.labels(action.action).observe(time.perf_counter() - started)
+            labelled(COMMAND_LATENCY, action.action).observe(time.perf_counter() - started)
 
     def _origin(self, conn: Connection, request_id: str | None) -> Origin:
         return Origin(node=self.node, conn=conn.id, requestId=request_id)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from contracts.bus import CreateMessageCommand
-from infra.metrics import WS_SEQUENCER_RELEASES
+from infra.metrics import WS_SEQUENCER_RELEASES, labelled
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class RoomSequencer:
             # still waits: for this one's message_created, or the timer. The client is told
             # to retry; its retry queues behind and is a harmless duplicate if it was stored.
             log.warning("publish of %s failed (%s): next waits", command.messageId, exc)
-            WS_SEQUENCER_RELEASES.labels("publish_error").inc()
+            labelled(WS_SEQUENCER_RELEASES, "publish_error").inc()
             raise
 
     def _clear(self, room_id: str) -> None:
@@ -86,7 +86,7 @@ class RoomSequencer:
             return
         if cause != "stored":
             log.warning("%s not stored within %.0f s: next one let go", message_id, self._timeout)
-        WS_SEQUENCER_RELEASES.labels(cause).inc()
+        labelled(WS_SEQUENCER_RELEASES, cause).inc()
         self._clear(room_id)
         self._next(room_id)
 

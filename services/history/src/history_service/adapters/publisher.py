@@ -59,14 +59,16 @@ class NatsPublisher:
         return buffer is not None and buffer is self._buffer
 
     async def message_created(self, event: MessageCreated, also_to_node: bool) -> None:
-        headers = stamp(event) or None  # the command's correlation id goes on to the pushes
+        # the command's correlation id goes on to the pushes in the payload; no NATS header
+        # on this per-message subject, which every edge would otherwise parse per message
+        stamp(event)
         payload = event.model_dump_json().encode()
         subject = subjects.message_created(event.message.roomId)
         self._publishing()
-        await self._nc.publish(subject, payload, headers=headers)
+        await self._nc.publish(subject, payload)
         log.debug("published MessageCreated seq %d", event.message.seq)
         if also_to_node and event.origin is not None and event.origin.node:
-            await self._nc.publish(subjects.node(event.origin.node), payload, headers=headers)
+            await self._nc.publish(subjects.node(event.origin.node), payload)
 
     async def rejected(self, event: CommandRejected) -> None:
         if event.origin.node:

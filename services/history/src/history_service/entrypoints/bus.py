@@ -37,7 +37,7 @@ from history_service.handlers import (
     history_range,
 )
 from infra.bus import ContinuousPull, adopt
-from infra.metrics import COMMAND_LATENCY, ConsumerLagPoller
+from infra.metrics import COMMAND_LATENCY, ConsumerLagPoller, labelled
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class CreateMessageConsumer:
             log.exception("create_message failed", extra={"room_id": command.roomId})
             await _nak(msg, self.options.nak_delay)
             return False
-        COMMAND_LATENCY.labels("create_message").observe(time.perf_counter() - started)
+        labelled(COMMAND_LATENCY, "create_message").observe(time.perf_counter() - started)
         log.debug("create_message stored", extra={"room_id": command.roomId})
         try:
             # at once, before anything else can run: the ack joins the event's write

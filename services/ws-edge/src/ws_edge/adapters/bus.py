@@ -24,6 +24,7 @@ from contracts.bus import (
     UserRoomsReply,
 )
 from infra.bus import stamp
+from ws_edge.adapters.stream_acks import StreamAcks
 
 R = TypeVar("R", bound=BaseModel)
 Handler = Callable[[Msg], Awaitable[None]]
@@ -36,6 +37,7 @@ class EdgeBus:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=timeout)
         self.timeout = timeout
+        self.stream_acks = StreamAcks(nc, timeout)
 
     async def _request(self, subject: str, query: BaseModel, reply: type[R]) -> R:
         headers = stamp(query)  # the correlation id rides in the payload and the headers
@@ -60,13 +62,13 @@ class EdgeBus:
         return await self._request(subjects.HISTORY_RANGE, query, HistoryRangeReply)
 
     async def send_message(self, command: CreateMessageCommand) -> None:
-        """Durably hand the command to history (JetStream ack = stored in the stream)."""
-        headers = stamp(command)
-        await self.js.publish(
-            subjects.create_message(command.roomId),
-            command.model_dump_json().encode(),
-            timeout=self.timeout,
-            headers=headers or None,
+        """Durably hand the command to history (JetStream ack = stored in the stream).
+
+        The correlation id rides in the payload only: no NATS header on this per-message
+        subject, which history would otherwise parse for every command."""
+        stamp(command)
+        await self.stream_acks.publish(
+            subjects.create_message(command.roomId), command.model_dump_json().encode()
         )
 
     async def subscribe(self, subject: str, handler: Handler) -> Subscription:

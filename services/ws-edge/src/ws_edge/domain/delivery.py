@@ -19,7 +19,10 @@ class SentSet:
     spans: list[tuple[int, int]] = field(default_factory=list)
 
     def __contains__(self, seq: int) -> bool:
-        return any(lo <= seq <= hi for lo, hi in self.spans)
+        spans = self.spans
+        if not spans or seq > spans[-1][1]:  # the usual case: a seq newer than all sent
+            return False
+        return any(lo <= seq <= hi for lo, hi in spans)
 
     @property
     def highest(self) -> int:
@@ -29,7 +32,12 @@ class SentSet:
         self.add_range(seq, seq)
 
     def add_range(self, lo: int, hi: int) -> None:
-        spans = [*self.spans, (lo, hi)]
+        spans = self.spans
+        if spans and spans[-1][0] <= lo <= spans[-1][1] + 1:  # the usual case: extends the last
+            if hi > spans[-1][1]:
+                spans[-1] = (spans[-1][0], hi)
+            return
+        spans = [*spans, (lo, hi)]
         spans.sort()
         merged: list[tuple[int, int]] = []
         for a, b in spans:
