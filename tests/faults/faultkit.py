@@ -261,6 +261,7 @@ class ChatUser:
         self.ready = asyncio.Event()
         self.ready_times: list[float] = []
         self.close_codes: list[int | None] = []
+        self.presence: list[tuple[str, bool]] = []  # presence frames: (userId, online)
         self.connected_edges: list[int] = []
         self._named: set[str] = set()  # rooms named in the last sync sent
         self._stop = False
@@ -332,6 +333,8 @@ class ChatUser:
         kind = frame.get("type")
         if kind == "message_created":
             self._take(frame["message"], frame.get("requestId"))
+        elif kind == "presence":
+            self.presence.append((frame["userId"], frame["online"]))
         elif kind == "synced":
             unnamed = [r for r in frame.get("rooms", {}) if r not in self._named]
             for room_id in frame.get("rooms", {}):

@@ -7,10 +7,12 @@ import time
 
 import pytest
 from faultkit import (
+    ChatUser,
     FaultMesh,
     at,
     bounded,
     connect_users,
+    new_user,
     online,
     prepare,
     settle_and_count,
@@ -90,3 +92,35 @@ async def test_kill_edge_node_under_traffic(fault_mesh: list[FaultMesh]) -> None
 async def test_sigterm_edge_node_under_traffic(fault_mesh: list[FaultMesh]) -> None:
     """SIGTERM node a: its clients get 1001, move to b, sync; nothing lost or doubled."""
     await _edge_fault(fault_mesh, graceful=True)
+
+
+async def test_users_of_a_killed_node_are_announced_offline(fault_mesh: list[FaultMesh]) -> None:
+    """kill -9 node a while alice is connected only there (her client knows no other node):
+    nothing on node a can say she left, so the sweep on node b finds her without a connection
+    on a live node once a's liveness key expires, and after the grace period announces her
+    offline to bob, who shares a room with her; carol, on node b, stays online."""
+    mesh = await FaultMesh().up()
+    fault_mesh.append(mesh)
+    alice_user = await new_user(mesh, "alice")
+    alice = ChatUser("alice", alice_user, mesh.edges[:1], 0, mesh.services["history"].url)
+    bob, carol = [await prepare(mesh, name, 1) for name in ("bob", "carol")]
+    clients = [alice, bob, carol]
+    try:
+        await online(clients)
+        await shared_room(bob, [alice, carol])
+        await asyncio.to_thread(mesh.services["edge-a"].kill)
+        killed = time.monotonic()
+        # node TTL (15 s) + a sweep interval and the grace period (5 s each), with margin
+        await bounded(
+            "alice announced offline to bob",
+            lambda: (alice.user_id, False) in bob.presence,
+            60,
+        )
+        print(f"[faults] alice announced offline {time.monotonic() - killed:.1f}s after kill -9")
+        assert (carol.user_id, False) not in bob.presence
+        assert (bob.user_id, False) not in carol.presence
+    except BaseException:
+        print(mesh.log_tails())
+        raise
+    finally:
+        await asyncio.gather(*(c.stop() for c in clients))

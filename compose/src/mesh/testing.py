@@ -179,6 +179,13 @@ class Infra:
         for proc in self.procs.values():
             proc.stop()
 
+    def __enter__(self) -> Infra:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """`with infra.fork() as fork:` stops the fork's servers however the block ends."""
+        self.close()
+
     def restart_local(self, name: str) -> servers.Proc:
         """Restart a local server on the same port and data folder (fault tests)."""
         proc = self.procs[name]

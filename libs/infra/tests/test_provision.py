@@ -60,11 +60,8 @@ def test_a_full_command_stream_refuses_new_commands_and_keeps_the_old(infra: Inf
     publish is refused (the edge tells the client, which retries) and no waiting command is
     dropped to make room (also for a stream provisioned before this setting). The event log
     drops its oldest instead."""
-    child = infra.fork()
-    try:
+    with infra.fork() as child:
         seen = asyncio.run(fill_commands(CommonSettings(nats_urls=child.nats_url)))
-    finally:
-        child.close()
     assert seen["discard"] == DiscardPolicy.NEW
     assert seen["events_discard"] == DiscardPolicy.OLD
     assert seen["refused"] is not None, "a full command stream accepted every publish"

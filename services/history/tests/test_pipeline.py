@@ -67,11 +67,8 @@ class WriteRecorder:
 @pytest.fixture(scope="module")
 def bus(infra: Infra) -> Iterator[Infra]:
     """A private NATS with the streams provisioned (the durable consumer is this test's own)."""
-    fork = infra.fork()
-    try:
+    with infra.fork() as fork:
         yield fork
-    finally:
-        fork.close()
 
 
 @pytest.fixture

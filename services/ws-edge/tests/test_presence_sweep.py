@@ -1,0 +1,96 @@
+"""The presence sweep against a real Redis: users of dead nodes are announced offline once the
+grace period has passed, checked in batches, and nobody with a live connection is."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from mesh.testing import Infra
+from ws_edge import presence
+from ws_edge.presence import ONLINE_KEY, Presence
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cache(infra: Infra) -> Iterator[Infra]:
+    """A private Redis (the presence keys are global to one deployment)."""
+    with infra.fork() as fork:
+        yield fork
+
+
+class Announcements:
+    """What a Presence would send on the bus (the part of the hub it uses in a sweep)."""
+
+    def __init__(self) -> None:
+        self.offline: list[str] = []
+        self.by_user: dict[str, Any] = {}
+        self.bus = SimpleNamespace(user_rooms=self.user_rooms, nc=SimpleNamespace(publish=self.pub))
+
+    async def user_rooms(self, user_id: str) -> list[str]:
+        return ["room_1"]
+
+    async def pub(self, subject: str, payload: bytes) -> None:
+        if b'"online":false' in payload:
+            self.offline.append(payload.decode())
+
+
+def test_sweep_announces_users_of_dead_nodes_in_batches(
+    cache: Infra, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,203 announced users: 1,000 whose only connection is on a node with no liveness key,
+    200 with a connection on a live node, 3 connected on the sweeping node itself. The first
+    sweep marks the 1,000 gone (grace period starts), the second, after the grace period,
+    announces exactly those 1,000 offline; each sweep checks the 1,200 not connected here in
+    batches of at most 64 (one Redis round trip each); the live ones stay online."""
+    monkeypatch.setattr(presence, "SWEEP_BATCH", 64)
+    batches: list[int] = []
+    check_batch = Presence._check_batch
+
+    async def counted(self: Presence, user_ids: list[str]) -> None:
+        batches.append(len(user_ids))
+        await check_batch(self, user_ids)
+
+    monkeypatch.setattr(Presence, "_check_batch", counted)
+
+    async def run() -> dict[str, Any]:
+        redis = aioredis.from_url(cache.redis_url)
+        try:
+            await redis.flushdb()
+            dead = [f"user_dead_{i}" for i in range(1000)]
+            live = [f"user_live_{i}" for i in range(200)]
+            local = [f"user_local_{i}" for i in range(3)]
+            await redis.sadd(ONLINE_KEY, *dead, *live, *local)
+            await redis.set("chat:node:alive-node:alive", "1")
+            for user in dead:
+                await redis.hset(f"chat:conns:{user}", "conn-x", "dead-node")
+            for user in live:
+                await redis.hset(f"chat:conns:{user}", "conn-y", "alive-node")
+            hub = Announcements()
+            hub.by_user = {user: {"conn"} for user in local}
+            sweeper = Presence(hub, redis, grace_seconds=0.2)  # type: ignore[arg-type]
+            await sweeper._sweep()
+            first = list(hub.offline)
+            await asyncio.sleep(0.3)
+            await sweeper._sweep()
+            still_online = {m.decode() for m in await redis.smembers(ONLINE_KEY)}
+            return {"first": first, "offline": hub.offline, "online": still_online}
+        finally:
+            await redis.aclose()
+
+    seen = asyncio.run(run())
+    assert seen["first"] == []  # within the grace period: nobody yet
+    assert sum(batches) == 2 * 1200
+    assert max(batches) <= 64
+    assert len(batches) <= 2 * (1200 // 64 + 1)
+    announced = sorted(s.split('"userId":"')[1].split('"')[0] for s in seen["offline"])
+    assert announced == sorted(f"user_dead_{i}" for i in range(1000))
+    assert seen["online"] == {f"user_live_{i}" for i in range(200)} | {
+        f"user_local_{i}" for i in range(3)
+    }
