@@ -24,7 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from nats.aio.msg import Msg
@@ -173,13 +174,17 @@ class Presence:
         except Exception as exc:
             log.warning("presence (offline check) failed for %s: %s", user_id, exc)
 
-    async def _run_script(self, user_id: str) -> int:
-        now_ms = int(time.time() * 1000)
-        result = await self._script(
+    def _offline_check(self, user_id: str, now_ms: int, client: Any = None) -> Awaitable[Any]:
+        """OFFLINE_SCRIPT for one user, with the KEYS and ARGV it reads (on `client`: a
+        pipeline queues it)."""
+        return self._script(
             keys=[_conns_key(user_id), ONLINE_KEY, GONE_KEY],
             args=[user_id, now_ms, int(self.grace * 1000)],
+            client=client,
         )
-        return int(result)
+
+    async def _run_script(self, user_id: str) -> int:
+        return int(await self._offline_check(user_id, int(time.time() * 1000)))
 
     async def _announce(self, user_id: str, online: bool) -> None:
         rooms = await self.hub.bus.user_rooms(user_id)
@@ -239,14 +244,9 @@ class Presence:
 
     async def _check_batch(self, user_ids: list[str]) -> None:
         now_ms = int(time.time() * 1000)
-        grace_ms = int(self.grace * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
-                await self._script(
-                    keys=[_conns_key(user_id), ONLINE_KEY, GONE_KEY],
-                    args=[user_id, now_ms, grace_ms],
-                    client=pipe,
-                )
+                await self._offline_check(user_id, now_ms, pipe)
             results = await pipe.execute()
         for user_id, result in zip(user_ids, results, strict=True):
             if int(result) == 1:

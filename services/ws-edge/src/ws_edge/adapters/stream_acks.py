@@ -18,7 +18,6 @@ import itertools
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import Header
 from nats.js.errors import APIError, NoStreamResponseError
@@ -32,8 +31,7 @@ class StreamAcks:
     def __init__(self, nc: NATS, timeout: float) -> None:
         self._nc = nc
         self._timeout = timeout
-        self._prefix = ""
-        self._sub: Subscription | None = None
+        self._prefix = ""  # set once the reply subscription is in place
         self._starting: asyncio.Future[None] | None = None
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count(1)
@@ -41,7 +39,7 @@ class StreamAcks:
     async def _start(self) -> None:
         # a unique inbox per client (nats-py's NUID); nats-py resubscribes after a reconnect
         prefix = f"{self._nc.new_inbox()}."
-        self._sub = await self._nc.subscribe(f"{prefix}*", cb=self._on_reply)
+        await self._nc.subscribe(f"{prefix}*", cb=self._on_reply)
         self._prefix = prefix
 
     async def _ready(self) -> None:
@@ -60,7 +58,7 @@ class StreamAcks:
 
     async def publish(self, subject: str, payload: bytes) -> None:
         """Return once the stream stored `payload`; raise if it did not say so in time."""
-        if self._sub is None:
+        if not self._prefix:
             await self._ready()
         token = f"{next(self._tokens):x}"
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
