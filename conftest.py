@@ -6,4 +6,4 @@ folder `contracts/` (which holds `contracts/tests`) as a stand-in `contracts` pa
 
 import contracts  # noqa: F401
 
-pytest_plugins = ["mesh.testing"]
+pytest_plugins = ["mesh.testing", "pytester"]

@@ -42,11 +42,20 @@ async def me(page: Page) -> dict[str, Any]:
     return saved
 
 
-async def create_room_with(page: Page, other_name: str) -> None:
+async def create_room_with(page: Page, other_name: str, screenshot: str = "") -> None:
     await page.get_by_role("button", name="New room").click()
-    await page.get_by_label(other_name, exact=True).check()
+    person = page.get_by_label(other_name, exact=True)
+    await expect(person).to_be_visible(timeout=WAIT_MS)
+    if screenshot:
+        await page.screenshot(path=str(SCREENSHOTS / screenshot))
+    await person.check()
     await page.get_by_role("button", name="Create room").click()
-    await expect(page.locator("#room-title")).to_have_text(other_name)
+    try:
+        await expect(page.locator("#room-title")).to_have_text(other_name, timeout=WAIT_MS)
+    except AssertionError as exc:
+        # what the dialog told the user says which side failed (its API error message)
+        said = await page.locator("#new-room-error").text_content()
+        raise AssertionError(f"the new room did not open; the dialog says {said!r}") from exc
 
 
 async def open_room_named(page: Page, title: str) -> None:
@@ -135,11 +144,7 @@ async def test_page_recovers_after_its_edge_node_restarts(
     await signup_page.close()
     bob = await sign_up(contexts[1], web.edges[1].url, bob_name)
     alice = await sign_up(contexts[0], web.edges[0].url, alice_name)
-    await alice.get_by_role("button", name="New room").click()
-    await expect(alice.get_by_label(bob_name, exact=True)).to_be_visible()
-    await alice.screenshot(path=str(SCREENSHOTS / "new-room.png"))
-    await alice.get_by_label(bob_name, exact=True).check()
-    await alice.get_by_role("button", name="Create room").click()
+    await create_room_with(alice, bob_name, screenshot="new-room.png")
     await open_room_named(bob, alice_name)
     await say(bob, "before the restart")
     await expect(message(alice, "before the restart")).to_be_visible(timeout=WAIT_MS)

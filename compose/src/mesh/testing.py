@@ -23,9 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -341,15 +342,34 @@ class ServiceProcess:
         except OSError:
             return ""
 
+    def trouble(self, lines: int = 15, width: int = 400) -> str:
+        """The last warnings and errors of its log (JSON lines), and whether it has exited."""
+        try:
+            logged = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            logged = []
+        bad = [line[:width] for line in logged if any(f'"level": "{lv}"' in line for lv in TROUBLE)]
+        status = "running"
+        if self.popen is not None and self.popen.poll() is not None:
+            status = f"exited with {self.popen.returncode}"
+        return "\n".join([f"{self.name} on port {self.port}: {status}", *bad[-lines:]])
+
+
+TROUBLE = ("warning", "error", "critical")
+
 
 class ServiceLauncher:
     """Starts service processes against the session's infrastructure; stops them all after."""
+
+    # launchers not yet stopped: a failing test's report shows their processes' trouble
+    live: ClassVar[list[ServiceLauncher]] = []
 
     def __init__(self, infra: Infra, isolated: bool = False) -> None:
         # isolated: the mesh gets its own NATS and Redis (see Infra.fork)
         self.infra = infra.fork() if isolated else infra
         self._forked = isolated
         self.started: list[ServiceProcess] = []
+        ServiceLauncher.live.append(self)
 
     def start(self, name: str, module: str, **env: str) -> ServiceProcess:
         port = servers.free_port()
@@ -364,10 +384,29 @@ class ServiceLauncher:
         return proc.start()
 
     def stop_all(self) -> None:
+        with contextlib.suppress(ValueError):
+            ServiceLauncher.live.remove(self)
         for proc in reversed(self.started):
             proc.stop()
         if self._forked:
             self.infra.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test's report carries the warnings and errors its service processes logged.
+
+    A flaky failure on CI is often only understood from the services' side (a 503, a timeout
+    to NATS, a crash), and the workdir with the logs is gone by the time anyone reads it.
+    """
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        for launcher in ServiceLauncher.live:
+            for proc in launcher.started:
+                report.sections.append((f"trouble logged by {proc.name}", proc.trouble()))
+    return report
 
 
 @pytest.fixture

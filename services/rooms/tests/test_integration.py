@@ -37,7 +37,10 @@ from contracts.bus import (
 )
 from contracts.rest import Room, User
 from infra.auth import TokenService
-from mesh.testing import TEST_SECRET, Infra, ServiceLauncher, ServiceProcess
+from mesh.testing import TEST_SECRET, Infra, ServiceLauncher, ServiceProcess, eventually
+from rooms_service import handlers
+from rooms_service.adapters.fakes import FakePublisher, FakeRoomStore, FakeUserDirectory
+from rooms_service.entrypoints.bus import BusEntrypoints
 
 pytestmark = pytest.mark.integration
 
@@ -284,6 +287,58 @@ async def test_user_created_events_feed_the_read_model(bus: Bus, rooms: ServiceP
                 assert resp.json()["error"]["code"] == "unknown_user"
                 await asyncio.sleep(0.2)
         assert resp.json()["participants"][1] == {"id": announced.id, "name": "Announced"}
+
+
+async def test_sigterm_stops_it_cleanly(bus: Bus, launcher: ServiceLauncher) -> None:
+    """After its UserCreated consumer has fetched, SIGTERM ends it with nothing logged as an
+    error and without waiting out the bus drain's bound (the consumer's inbox goes first)."""
+    rooms = await start_rooms(launcher)
+    (alice,) = await bus.create_users("Alice")
+    (announced,) = await bus.create_users("Announced")
+    del bus.users.known[announced.id]  # usable only once the consumer has applied the event
+    async with httpx.AsyncClient(base_url=rooms.url, timeout=10) as client:
+
+        async def applied() -> bool:
+            return (await post_room(client, alice.id, [announced.id])).status_code == 201
+
+        await eventually(applied, within=15)
+    await asyncio.sleep(0.5)  # a fetch is outstanding again
+    await asyncio.to_thread(rooms.stop)
+    logged = rooms.log_path.read_text().splitlines()
+    assert any("Application shutdown complete" in line for line in logged), rooms.log_tail()
+    assert [line for line in logged if '"level": "error"' in line] == []
+    assert not [line for line in logged if "nats drain did not finish" in line]
+
+
+async def test_user_created_refused_by_the_store_comes_back_soon(infra: Infra) -> None:
+    """A UserCreated the store refuses twice is nak'd and applied about 1.5 s later (not after
+    the 30 s ack wait), on the consumer's one inbox; stop() leaves no subscription behind
+    (nats-py's drain would wait on a leftover one's queue)."""
+    with await asyncio.to_thread(infra.fork) as fork:  # a durable consumer of its own
+        nc = await nats.connect(fork.nats_url)
+        store = FakeRoomStore()
+        deps = handlers.Deps(store=store, publisher=FakePublisher(), users=FakeUserDirectory())
+        bus = BusEntrypoints(nc, deps)
+        try:
+            await bus.start()
+            store.fail_on["put_users"] = RuntimeError("store down (1)")
+            user = User(id=uid("alice"), name="Alice")
+            await nc.jetstream().publish(
+                subjects.USER_CREATED, UserCreated(user=user).model_dump_json().encode()
+            )
+            await eventually(lambda: store.calls.count("put_users") == 1, within=15)
+            store.fail_on["put_users"] = RuntimeError("store down (2)")
+            await eventually(lambda: user.id in store.users, within=15)
+            assert store.calls.count("put_users") == 3  # two failures, then applied
+            running = len(nc._subs)  # nats-py shows a connection's subscriptions nowhere else
+            await bus.stop()
+            # three request/reply subscriptions and the consumer's one inbox went with it
+            assert running - len(nc._subs) == 4
+            await asyncio.wait_for(nc.drain(), 2)
+        finally:
+            await bus.stop()
+            if not nc.is_closed:
+                await nc.close()
 
 
 async def test_users_silent_is_503_not_unknown(bus: Bus, rooms: ServiceProcess) -> None:

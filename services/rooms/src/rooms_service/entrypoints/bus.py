@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
 from contracts import subjects
@@ -160,7 +161,12 @@ class BusEntrypoints:
     # --- UserCreated -> read model ------------------------------------------------------------
 
     async def _consume_user_created(self) -> None:
-        """Durable pull consumer; retries forever (stream missing, NATS down, store down)."""
+        """Durable pull consumer; retries forever (stream missing, NATS down, store down).
+
+        A batch the store refuses is nak'd with the current backoff as its delay and fetched
+        again on the same subscription (no waiting out the 30 s ack wait); only a failing
+        subscription is made anew.
+        """
         js = self._nc.jetstream()
         config = ConsumerConfig(
             durable_name=subjects.ROOMS_USERS_CONSUMER,
@@ -169,8 +175,9 @@ class BusEntrypoints:
             ack_wait=30.0,
             max_ack_pending=1000,
         )
-        backoff = 0.5
+        backoff = Backoff()
         while True:
+            sub: JetStreamContext.PullSubscription | None = None
             try:
                 sub = await js.pull_subscribe(
                     subjects.USER_CREATED,
@@ -178,21 +185,34 @@ class BusEntrypoints:
                     stream=subjects.EVENTS_STREAM,
                     config=config,
                 )
-                backoff = 0.5
+                backoff.reset()
                 while True:
                     try:
                         batch = await sub.fetch(USER_FETCH_BATCH, timeout=USER_FETCH_WAIT_SECONDS)
                     except TimeoutError:  # nats' own TimeoutError is one too
                         continue
-                    await self._apply_user_created(batch)
+                    if await self._apply_user_created(batch, backoff.delay):
+                        backoff.reset()
+                    else:
+                        await backoff.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("user-created consumer: %s; retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                if self._nc.is_closed:
+                    # nats-py turns a cancellation into ConnectionClosedError once the
+                    # connection is closed: there is nothing to retry, and the cancel must win
+                    return
+                log.warning("user-created consumer: %s; retrying in %.1fs", exc, backoff.delay)
+                await backoff.wait()
+            finally:
+                # the inbox goes with the loop: a retry would otherwise leave one behind, and on
+                # stop the connection's drain waited out its bound on a cancelled fetch's leftovers
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
 
-    async def _apply_user_created(self, batch: list[Msg]) -> None:
+    async def _apply_user_created(self, batch: list[Msg], retry_delay: float) -> bool:
+        """Store the batch's users and ack it; False (batch nak'd) when the store failed."""
         events: list[UserCreated] = []
         good: list[Msg] = []
         for msg in batch:
@@ -202,9 +222,34 @@ class BusEntrypoints:
             except ValidationError as exc:
                 log.error("dropping undecodable UserCreated: %s", _first_error(exc))
                 await msg.term()
-        await handlers.user_created(self._deps, events)  # raises: not acked, redelivered
+        try:
+            await handlers.user_created(self._deps, events)
+        except Exception as exc:
+            log.warning(
+                "%d UserCreated not stored (%s); redelivered in %.1fs", len(good), exc, retry_delay
+            )
+            for msg in good:
+                await msg.nak(delay=retry_delay)
+            return False
         for msg in good:
             await msg.ack()
+        return True
+
+
+class Backoff:
+    """Doubling waits from 0.5 s up to 10 s; back to 0.5 s after a success."""
+
+    FIRST, LAST = 0.5, 10.0
+
+    def __init__(self) -> None:
+        self.delay = self.FIRST
+
+    def reset(self) -> None:
+        self.delay = self.FIRST
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.LAST)
 
 
 def _first_error(exc: ValidationError) -> str:
