@@ -8,7 +8,7 @@ import logging
 import os
 
 from infra.auth import TokenService
-from infra.logs import JsonFormatter, new_correlation_id, redact
+from infra.logs import ClientFaultsAsInfo, JsonFormatter, new_correlation_id, redact, setup_logging
 
 
 def _token() -> str:
@@ -67,3 +67,33 @@ def test_correlation_ids_are_distinct_and_differ_after_fork() -> None:
     parent = new_correlation_id()
     assert len(child) == 16
     assert child[:8] != parent[:8]
+
+
+def test_a_clients_protocol_fault_is_logged_at_info_without_traceback() -> None:
+    """uvicorn's error-level "Invalid UTF-8 ... from client." (with its traceback) is written at
+    info without it once setup_logging ran; the server's own errors keep their level."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(JsonFormatter("test").format(record))
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    server_log = logging.getLogger("uvicorn.error")
+    try:
+        setup_logging("test")
+        setup_logging("test")  # twice: still one filter
+        assert sum(isinstance(f, ClientFaultsAsInfo) for f in server_log.filters) == 1
+        root.handlers[:] = [Collect()]
+        try:
+            "\xff".encode("ascii")
+        except UnicodeError:
+            server_log.exception("Invalid UTF-8 sequence received from client.")
+            server_log.exception("Exception in ASGI application\n")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    fault, own = (json.loads(line) for line in lines)
+    assert (fault["level"], "exc" in fault) == ("info", False)
+    assert (own["level"], "exc" in own) == ("error", True)

@@ -81,6 +81,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# What uvicorn logs at error level, with a traceback, when a *client* broke the protocol (the
+# connection is closed with 1007 all the same): a hostile client could fill the error log.
+CLIENT_FAULTS = frozenset({"Invalid UTF-8 sequence received from client."})
+
+
+class ClientFaultsAsInfo(logging.Filter):
+    """Logs a client's protocol fault at info, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in CLIENT_FAULTS:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
@@ -90,5 +105,8 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     # Access logs would carry `?token=` query strings: they are off, and every line is passed
     # through `redact` (uvicorn logs WebSocket handshakes with their query; docs/security.md).
     logging.getLogger("uvicorn.access").disabled = True
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientFaultsAsInfo) for f in server_log.filters):
+        server_log.addFilter(ClientFaultsAsInfo())
     for noisy in ("botocore", "aiobotocore", "nats"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
