@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 from web_mesh import SCREENSHOTS, WebMesh
 
 WAIT_MS = 20_000
@@ -174,3 +174,42 @@ async def test_page_recovers_after_its_edge_node_restarts(
     assert seqs == [1, 2, 3, 4]
     await say(alice, "and live again")
     await expect(message(bob, "and live again")).to_be_visible(timeout=WAIT_MS)
+
+
+async def test_a_call_left_unanswered_fails_with_a_message(
+    web: WebMesh, contexts: list[BrowserContext]
+) -> None:
+    """POST /rooms accepted and never answered: after the page's request timeout (from /config)
+    the dialog says so and the button works again; the next try creates the room."""
+    alice_name, bob_name = names()
+    await sign_up(contexts[1], web.edges[1].url, bob_name)
+
+    async def short_timeout(route: Route) -> None:
+        response = await route.fetch()
+        config = await response.json()
+        assert config["requestTimeoutMs"] == 15_000  # the edge's default reaches the page
+        await route.fulfill(response=response, json={**config, "requestTimeoutMs": 1_500})
+
+    held: list[Route] = []
+
+    async def never_answer(route: Route) -> None:
+        if route.request.method == "POST":
+            held.append(route)
+        else:
+            await route.continue_()
+
+    await contexts[0].route("**/config", short_timeout)
+    alice = await sign_up(contexts[0], web.edges[0].url, alice_name)
+    await alice.route(f"{web.rooms}/rooms", never_answer)
+    await alice.get_by_role("button", name="New room").click()
+    await alice.get_by_label(bob_name, exact=True).check()
+    await alice.get_by_role("button", name="Create room").click()
+    await expect(alice.locator("#new-room-error")).to_have_text(
+        "The server did not answer in time; try again.", timeout=WAIT_MS
+    )
+    assert len(held) == 1
+    await expect(alice.get_by_role("button", name="Create room")).to_be_enabled()
+    # the held request ended with the page's abort; from here on the service answers
+    await alice.unroute(f"{web.rooms}/rooms", never_answer)
+    await alice.get_by_role("button", name="Create room").click()
+    await expect(alice.locator("#room-title")).to_have_text(bob_name, timeout=WAIT_MS)

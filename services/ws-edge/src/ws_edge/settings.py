@@ -51,6 +51,8 @@ class Settings(CommonSettings):
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
     # `POST /rooms/{id}/messages`: how long to wait for the stored message (201) before 202
     http_send_wait_seconds: float = Field(default=5.0, gt=0)
+    # the web client gives up on an HTTP call after this long and says so (GET /config)
+    web_request_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
 
     @property
     def ws_allowed_origin_list(self) -> list[str]:

@@ -45,11 +45,12 @@ async def static_file(name: str) -> Response:
 
 
 @router.get("/config", summary="Addresses of the services, for the web client")
-async def config(request: Request) -> dict[str, str]:
+async def config(request: Request) -> dict[str, str | int]:
     settings = request.app.state.settings
     return {
         "usersUrl": settings.public_users_url,
         "roomsUrl": settings.public_rooms_url,
         "historyUrl": settings.public_history_url,
         "node": settings.node_id,
+        "requestTimeoutMs": round(settings.web_request_timeout_seconds * 1000),
     }

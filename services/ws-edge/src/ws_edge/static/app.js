@@ -57,17 +57,21 @@ async function api(url, { method = 'GET', body, auth = true } = {}) {
   const headers = {};
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (auth && state.me) headers.authorization = `Bearer ${state.me.token}`;
+  // a service that accepts the request and never answers must not leave the page waiting
+  const signal = AbortSignal.timeout((state.config && state.config.requestTimeoutMs) || 15000);
   let response;
-  try {
-    response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (err) {
-    throw new ApiError(0, 'network', 'The server cannot be reached; try again.');
-  }
   let data = null;
   try {
-    data = await response.json();
+    response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal });
+    try {
+      data = await response.json();
+    } catch (err) {
+      if (err.name === 'TimeoutError') throw err;
+      data = null;
+    }
   } catch (err) {
-    data = null;
+    if (err.name === 'TimeoutError') throw new ApiError(0, 'timeout', 'The server did not answer in time; try again.');
+    throw new ApiError(0, 'network', 'The server cannot be reached; try again.');
   }
   if (!response.ok) {
     const e = (data && data.error) || {};
