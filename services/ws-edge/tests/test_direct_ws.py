@@ -18,7 +18,12 @@ from websockets.streams import StreamReader
 
 from infra.auth import Claims
 from mesh.servers import free_port
-from ws_edge.adapters.direct_ws import DirectWriter, release_handshake, text_frame
+from ws_edge.adapters.direct_ws import (
+    DirectWriter,
+    release_handshake,
+    shed_handshake_scope,
+    text_frame,
+)
 from ws_edge.connection import Connection
 from ws_edge.domain.limits import AbuseMeter, TokenBucket
 
@@ -97,10 +102,16 @@ async def _serve(deflate: bool) -> tuple[uvicorn.Server, asyncio.Task[None], int
     attached: list[bool] = []
 
     async def endpoint(websocket: WebSocket) -> None:
+        assert websocket.query_params["token"] == "secret-token"  # what ws_endpoint reads
+        assert websocket.headers["host"]
         await websocket.accept()
         release_handshake(websocket._receive)
+        shed_handshake_scope(websocket)
         protocol = websocket._receive.__self__  # type: ignore[attr-defined]
         attached.append(protocol.request is None and protocol.response is None)
+        # nothing of the handshake's headers or token is left, parsed or raw
+        kept = repr(websocket.scope) + repr(vars(websocket)) + repr(vars(protocol))
+        attached.append("secret-token" not in kept and not websocket.headers)
         writer = DirectWriter.attach(websocket._receive)
         attached.append(writer is not None)
         if writer is None:
@@ -134,9 +145,10 @@ async def _serve(deflate: bool) -> tuple[uvicorn.Server, asyncio.Task[None], int
 async def test_attaches_to_the_edges_uvicorn_protocol_and_frames_arrive_in_order() -> None:
     server, task, port, attached = await _serve(deflate=False)
     try:
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", compression=None) as ws:
+        url = f"ws://127.0.0.1:{port}/ws?token=secret-token"
+        async with websockets.connect(url, compression=None) as ws:
             got = [json.loads(await asyncio.wait_for(ws.recv(), 5))["n"] for _ in range(4)]
-        assert attached == [True, True]  # handshake released, writer attached
+        assert attached == [True, True, True]  # handshake released and shed, writer attached
         assert got == [0, 1, 2, 3]
     finally:
         server.should_exit = True
@@ -146,9 +158,9 @@ async def test_attaches_to_the_edges_uvicorn_protocol_and_frames_arrive_in_order
 async def test_not_attached_when_permessage_deflate_was_negotiated() -> None:
     server, task, port, attached = await _serve(deflate=True)
     try:
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token=secret-token") as ws:
             got = json.loads(await asyncio.wait_for(ws.recv(), 5))
-        assert attached == [True, False]
+        assert attached == [True, True, False]
         assert got == {"n": 0}
     finally:
         server.should_exit = True

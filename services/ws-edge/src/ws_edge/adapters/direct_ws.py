@@ -19,6 +19,7 @@ import logging
 import struct
 from typing import Any
 
+from starlette.websockets import WebSocket
 from websockets.protocol import State
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,21 @@ def release_handshake(receive: object) -> None:
         for name in ("request", "response"):
             if hasattr(protocol, name):
                 setattr(protocol, name, None)
+
+
+def shed_handshake_scope(websocket: WebSocket) -> None:
+    """Drop what only the handshake needed from a socket's ASGI scope: the request headers, the
+    query string (it holds the token) and starlette's parsed copies of them.
+
+    Why: the scope lives as long as the socket, and these were about 1.5 KB of each idle
+    connection (bench idle: 23.5 -> 22.0 KB per connection); nothing reads them after the
+    handshake (the token's claims are kept by the connection).
+    """
+    scope = websocket.scope
+    scope["headers"] = []
+    scope["query_string"] = b""
+    for cached in ("_headers", "_query_params"):
+        websocket.__dict__.pop(cached, None)
 
 
 class DirectWriter:

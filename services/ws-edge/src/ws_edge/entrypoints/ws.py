@@ -14,7 +14,12 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.ws import ErrorFrame
-from ws_edge.adapters.direct_ws import DirectWriter, release_handshake, server_protocol
+from ws_edge.adapters.direct_ws import (
+    DirectWriter,
+    release_handshake,
+    server_protocol,
+    shed_handshake_scope,
+)
 from ws_edge.connection import Connection, WriteFrame
 from ws_edge.domain.frames import error_frame, parse_client_frame
 from ws_edge.domain.limits import AbuseMeter, TokenBucket, UserBuckets
@@ -58,6 +63,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     release_handshake(websocket._receive)
+    shed_handshake_scope(websocket)
     now = time.monotonic()
     user_buckets: UserBuckets = websocket.app.state.user_buckets
     user_bucket = user_buckets.acquire(claims.user_id, now)
