@@ -8,6 +8,8 @@ from collections import OrderedDict, deque
 class TokenBucket:
     """`capacity` frames at once, refilled at `rate` frames per second."""
 
+    __slots__ = ("capacity", "rate", "tokens", "updated")  # one or two per socket
+
     def __init__(self, capacity: int, rate: float, now: float) -> None:
         self.capacity = float(capacity)
         self.rate = rate
@@ -26,17 +28,23 @@ class TokenBucket:
 class AbuseMeter:
     """Counts refused frames; `abusive` once `limit` fall within `window` seconds."""
 
+    __slots__ = ("limit", "times", "window")
+
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
         self.window = window
-        self.times: deque[float] = deque()
+        # made on the first refusal: an empty deque is about 0.75 KB, on every idle socket
+        self.times: deque[float] | None = None
 
     def refuse(self, now: float) -> bool:
         """Record a refusal; True when the client is now abusive."""
-        self.times.append(now)
-        while self.times and now - self.times[0] > self.window:
-            self.times.popleft()
-        return len(self.times) >= self.limit
+        times = self.times
+        if times is None:
+            times = self.times = deque()
+        times.append(now)
+        while times and now - times[0] > self.window:
+            times.popleft()
+        return len(times) >= self.limit
 
 
 class UserBuckets:
