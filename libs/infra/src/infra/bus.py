@@ -8,7 +8,6 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -53,8 +52,13 @@ async def connect_nats(
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
 
+    nc = NATS()
+
     async def on_disconnect() -> None:
-        log.warning("nats disconnected")
+        if nc.is_closed:  # our own close (shutdown): nothing is wrong
+            log.info("nats connection closed")
+        else:
+            log.warning("nats disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
@@ -64,11 +68,11 @@ async def connect_nats(
             except Exception as exc:
                 log.warning("after-reconnect hook failed: %s", exc)
 
-    return await nats.connect(
+    await nc.connect(
         servers=settings.nats_servers,
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; typed int, used as float
         connect_timeout=3,
         allow_reconnect=True,
         error_cb=on_error,
@@ -76,6 +80,7 @@ async def connect_nats(
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
     )
+    return nc
 
 
 async def close_nats(nc: NATS, wait_seconds: float = 2.0) -> None:
