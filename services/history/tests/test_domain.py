@@ -155,3 +155,11 @@ def test_bounded_cache_evicts_least_recently_used() -> None:
     assert cache.get("b") is None
     assert cache.get("a") == 1
     assert len(cache) == 2
+
+
+@pytest.mark.parametrize("limit", ["0", "201", "abc", "-1", "1.5", "", "٣"])
+def test_every_bad_limit_gets_the_same_message(limit: str) -> None:
+    """Whatever is wrong with `limit`, the message names the accepted range."""
+    with pytest.raises(ChatError) as info:
+        parse_page(limit, None, None)
+    assert info.value.message == "limit must be an integer from 1 to 200"

@@ -142,9 +142,12 @@ def parse_page(limit: str | None, before: str | None, after: str | None) -> Page
     """Check the paging parameters (each problem a 400 with the contract's code)."""
     size = DEFAULT_PAGE_LIMIT
     if limit is not None:
-        size = _parse_int(limit, ErrorCode.INVALID_LIMIT, "limit")
-        if not 1 <= size <= MAX_PAGE_LIMIT:
-            raise ChatError(ErrorCode.INVALID_LIMIT, f"limit must be 1-{MAX_PAGE_LIMIT}")
+        text = limit.strip()
+        size = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else 0
+        if not 1 <= size <= MAX_PAGE_LIMIT:  # one message for every bad limit
+            raise ChatError(
+                ErrorCode.INVALID_LIMIT, f"limit must be an integer from 1 to {MAX_PAGE_LIMIT}"
+            )
     if before is not None and after is not None:
         raise ChatError(ErrorCode.INVALID_CURSOR, "give either before or after, not both")
     if after is not None:
