@@ -21,7 +21,6 @@ from mesh.servers import free_port
 from ws_edge.adapters.direct_ws import (
     DirectWriter,
     release_handshake,
-    shed_handshake_scope,
     text_frame,
 )
 from ws_edge.connection import Connection
@@ -105,8 +104,7 @@ async def _serve(deflate: bool) -> tuple[uvicorn.Server, asyncio.Task[None], int
         assert websocket.query_params["token"] == "secret-token"  # what ws_endpoint reads
         assert websocket.headers["host"]
         await websocket.accept()
-        release_handshake(websocket._receive)
-        shed_handshake_scope(websocket)
+        release_handshake(websocket)
         protocol = websocket._receive.__self__  # type: ignore[attr-defined]
         attached.append(protocol.request is None and protocol.response is None)
         # nothing of the handshake's headers or token is left, parsed or raw

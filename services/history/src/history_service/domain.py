@@ -131,19 +131,24 @@ class PageRequest:
         return self.limit + 1
 
 
-def _parse_int(raw: str, code: ErrorCode, name: str) -> int:
+def _count(raw: str) -> int | None:
+    """The non-negative integer written in `raw` (ASCII digits, at most 20), else None."""
     text = raw.strip()
-    if not text.isdigit() or not text.isascii() or len(text) > 20:
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
+
+
+def _parse_int(raw: str, code: ErrorCode, name: str) -> int:
+    value = _count(raw)
+    if value is None:
         raise ChatError(code, f"{name} must be a non-negative integer")
-    return int(text)
+    return value
 
 
 def parse_page(limit: str | None, before: str | None, after: str | None) -> PageRequest:
     """Check the paging parameters (each problem a 400 with the contract's code)."""
     size = DEFAULT_PAGE_LIMIT
     if limit is not None:
-        text = limit.strip()
-        size = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else 0
+        size = _count(limit) or 0
         if not 1 <= size <= MAX_PAGE_LIMIT:  # one message for every bad limit
             raise ChatError(
                 ErrorCode.INVALID_LIMIT, f"limit must be an integer from 1 to {MAX_PAGE_LIMIT}"

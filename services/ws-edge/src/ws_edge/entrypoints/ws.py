@@ -18,7 +18,6 @@ from ws_edge.adapters.direct_ws import (
     DirectWriter,
     release_handshake,
     server_protocol,
-    shed_handshake_scope,
 )
 from ws_edge.connection import Connection, WriteFrame
 from ws_edge.domain.frames import error_frame, parse_client_frame
@@ -62,8 +61,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         await _deny(websocket, 429, ErrorCode.RATE_LIMITED, "too many connections for this user")
         return
     await websocket.accept()
-    release_handshake(websocket._receive)
-    shed_handshake_scope(websocket)
+    release_handshake(websocket)
     now = time.monotonic()
     user_buckets: UserBuckets = websocket.app.state.user_buckets
     user_bucket = user_buckets.acquire(claims.user_id, now)

@@ -53,6 +53,11 @@ class ApiError extends Error {
   }
 }
 
+function unreachable(err) {
+  if (err.name === 'TimeoutError') return new ApiError(0, 'timeout', 'The server did not answer in time; try again.');
+  return new ApiError(0, 'network', 'The server cannot be reached; try again.');
+}
+
 async function api(url, { method = 'GET', body, auth = true } = {}) {
   const headers = {};
   if (body !== undefined) headers['content-type'] = 'application/json';
@@ -60,18 +65,16 @@ async function api(url, { method = 'GET', body, auth = true } = {}) {
   // a service that accepts the request and never answers must not leave the page waiting
   const signal = AbortSignal.timeout((state.config && state.config.requestTimeoutMs) || 15000);
   let response;
-  let data = null;
   try {
     response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal });
-    try {
-      data = await response.json();
-    } catch (err) {
-      if (err.name === 'TimeoutError') throw err;
-      data = null;
-    }
   } catch (err) {
-    if (err.name === 'TimeoutError') throw new ApiError(0, 'timeout', 'The server did not answer in time; try again.');
-    throw new ApiError(0, 'network', 'The server cannot be reached; try again.');
+    throw unreachable(err);
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (err) {
+    if (err.name === 'TimeoutError') throw unreachable(err); // the body never came either
   }
   if (!response.ok) {
     const e = (data && data.error) || {};
