@@ -98,6 +98,45 @@ async def test_retry_is_idempotent_and_conflict_refused(mesh: Mesh) -> None:
         await b.close()
 
 
+async def test_create_room_again_with_its_key_gives_the_same_room(mesh: Mesh) -> None:
+    """create_room with an idempotencyKey, sent again after a reconnect to the other node,
+    answers the first room (one room, announced once); other participants under it: conflict."""
+    alice = await create_user(mesh, "Ada")
+    bob = await create_user(mesh, "Ben")
+    carol = await create_user(mesh, "Cy")
+    frame = {"action": "create_room", "participants": [bob["id"]], "idempotencyKey": "k-1"}
+    a = await WsClient.connect(mesh.ws_url(0, alice["token"]), alice["id"])
+    b = await WsClient.connect(mesh.ws_url(1, bob["token"]), bob["id"])
+    a2: WsClient | None = None
+    try:
+        await a.send({**frame, "requestId": "first"})
+        first = await a.wait_for(lambda f: f.get("requestId") == "first")
+        assert first["type"] == "room_created", first
+        await a.close()  # the answer "was lost": the client comes back on the other node
+        a2 = await WsClient.connect(mesh.ws_url(1, alice["token"]), alice["id"])
+        await a2.send({**frame, "requestId": "again"})
+        again = await a2.wait_for(lambda f: f.get("requestId") == "again")
+        assert again["type"] == "room_created"
+        assert again["room"] == first["room"]
+        await a2.send({**frame, "participants": [carol["id"]], "requestId": "other"})
+        other = await a2.wait_for(lambda f: f.get("requestId") == "other")
+        assert other["type"] == "error", other
+        assert other["error"]["code"] == "conflict", other
+        async with httpx.AsyncClient() as http:
+            listed = await http.get(
+                f"{mesh.rooms}/rooms", headers={"authorization": f"Bearer {alice['token']}"}
+            )
+        assert [r["id"] for r in listed.json()] == [first["room"]["id"]]
+        await b.wait_for(lambda f: f.get("type") == "room_created")
+        await b.send({"action": "sync", "rooms": {}, "requestId": "s"})
+        await b.wait_for(lambda f: f.get("type") == "synced")
+        assert len(b.of_type("room_created")) == 1
+    finally:
+        for client in (a, b, a2):
+            if client is not None:
+                await client.close()  # closing twice is harmless
+
+
 async def test_concurrent_senders_agree_on_order(mesh: Mesh) -> None:
     """Four users on two nodes send 25 each at once: all get seq 1..100 once, history order."""
     users = [await create_user(mesh, f"U{i}") for i in range(4)]

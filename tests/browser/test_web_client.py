@@ -179,10 +179,11 @@ async def test_page_recovers_after_its_edge_node_restarts(
 async def test_a_call_left_unanswered_fails_with_a_message(
     web: WebMesh, contexts: list[BrowserContext]
 ) -> None:
-    """POST /rooms accepted and never answered: after the page's request timeout (from /config)
-    the dialog says so and the button works again; the next try creates the room."""
+    """POST /rooms reaches rooms but its answer never reaches the page: after the page's request
+    timeout (from /config) the dialog says so and the button works again; the next try sends the
+    same Idempotency-Key and opens the room the first try made, not a second one."""
     alice_name, bob_name = names()
-    await sign_up(contexts[1], web.edges[1].url, bob_name)
+    bob = await sign_up(contexts[1], web.edges[1].url, bob_name)
 
     async def short_timeout(route: Route) -> None:
         response = await route.fetch()
@@ -190,26 +191,44 @@ async def test_a_call_left_unanswered_fails_with_a_message(
         assert config["requestTimeoutMs"] == 15_000  # the edge's default reaches the page
         await route.fulfill(response=response, json={**config, "requestTimeoutMs": 1_500})
 
-    held: list[Route] = []
+    lost: list[dict[str, Any]] = []  # what rooms answered to the first try
+    keys: list[str | None] = []
 
-    async def never_answer(route: Route) -> None:
-        if route.request.method == "POST":
-            held.append(route)
-        else:
+    async def answer_lost(route: Route) -> None:
+        if route.request.method != "POST":
             await route.continue_()
+            return
+        keys.append(await route.request.header_value("idempotency-key"))
+        response = await route.fetch()  # rooms does create the room
+        lost.append(await response.json())
+        # ... and the page never hears of it (the route is left unanswered)
+
+    async def watch(route: Route) -> None:
+        if route.request.method == "POST":
+            keys.append(await route.request.header_value("idempotency-key"))
+        await route.continue_()
 
     await contexts[0].route("**/config", short_timeout)
     alice = await sign_up(contexts[0], web.edges[0].url, alice_name)
-    await alice.route(f"{web.rooms}/rooms", never_answer)
+    await alice.route(f"{web.rooms}/rooms", answer_lost)
     await alice.get_by_role("button", name="New room").click()
     await alice.get_by_label(bob_name, exact=True).check()
     await alice.get_by_role("button", name="Create room").click()
     await expect(alice.locator("#new-room-error")).to_have_text(
         "The server did not answer in time; try again.", timeout=WAIT_MS
     )
-    assert len(held) == 1
+    assert len(lost) == 1, lost
+    assert lost[0]["id"].startswith("room_"), lost
     await expect(alice.get_by_role("button", name="Create room")).to_be_enabled()
-    # the held request ended with the page's abort; from here on the service answers
-    await alice.unroute(f"{web.rooms}/rooms", never_answer)
+    # the held request ended with the page's abort; from here on the page hears the answers
+    await alice.unroute(f"{web.rooms}/rooms", answer_lost)
+    await alice.route(f"{web.rooms}/rooms", watch)
     await alice.get_by_role("button", name="Create room").click()
     await expect(alice.locator("#room-title")).to_have_text(bob_name, timeout=WAIT_MS)
+    assert len(keys) == 2, keys
+    assert keys[0], keys
+    assert keys[0] == keys[1], keys
+    for page in (alice, bob):
+        rooms = page.locator("#rooms button[data-room-id]")
+        await expect(rooms).to_have_count(1, timeout=WAIT_MS)
+        assert await rooms.get_attribute("data-room-id") == lost[0]["id"]

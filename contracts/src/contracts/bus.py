@@ -9,7 +9,7 @@ from typing import Final, Literal
 
 from pydantic import Field
 
-from contracts.common import WireModel
+from contracts.common import Identifier, WireModel
 from contracts.errors import ErrorDetail
 from contracts.rest import Message, Room, User
 
@@ -74,6 +74,9 @@ class CreateRoomCommand(Envelope):
     userId: str
     participants: list[str] = Field(max_length=1000)
     origin: Origin | None = None
+    # The client's key for this creation (HTTP `Idempotency-Key`, WS `idempotencyKey`): the same
+    # caller and key give the same room again instead of a second one.
+    idempotencyKey: Identifier | None = None
 
 
 class CreateRoomReply(Envelope):

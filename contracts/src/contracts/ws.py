@@ -33,6 +33,9 @@ class CreateRoomAction(WireModel):
     action: Literal["create_room"]
     participants: ParticipantList
     requestId: RequestId | None = None
+    # Optional: sending the same key again (say after a reconnect) gives the room it created
+    # instead of a second room; the same key with other participants is a `conflict`.
+    idempotencyKey: Identifier | None = None
 
 
 class CreateMessageAction(WireModel):

@@ -219,3 +219,64 @@ async def test_get_room_by_id_or_none() -> None:
     assert await handlers.get_room(deps, room.id) == room
     assert await handlers.get_room(deps, "room_missing") is None
     assert await handlers.get_room(deps, "chat.>") is None
+
+
+def keyed(user: str, participants: list[str], key: str) -> CreateRoomCommand:
+    return CreateRoomCommand(userId=user, participants=participants, idempotencyKey=key)
+
+
+async def test_same_key_gives_the_same_room_once() -> None:
+    """A repeated creation under one key answers the first room; nothing is written twice."""
+    deps, store, publisher, _ = make_deps(known=["alice", "bob"])
+    first = await handlers.create_room(deps, keyed("alice", ["bob"], "k-1"))
+    again = await handlers.create_room(deps, keyed("alice", ["bob", "alice"], "k-1"))
+    assert again == first
+    assert list(store.rooms) == [first.id]
+    assert [r for r, _ in publisher.published] == [first.id]
+    assert store.calls.count("save_room") == 1
+
+
+async def test_key_with_other_participants_is_a_conflict() -> None:
+    """The same key with other participants is refused (409 conflict), no room made."""
+    deps, store, _, _ = make_deps(known=["alice", "bob", "carol"])
+    await handlers.create_room(deps, keyed("alice", ["bob"], "k-1"))
+    with pytest.raises(ChatError) as refused:
+        await handlers.create_room(deps, keyed("alice", ["carol"], "k-1"))
+    assert (refused.value.code, refused.value.status) == (ErrorCode.CONFLICT, 409)
+    assert len(store.rooms) == 1
+
+
+async def test_keys_belong_to_their_caller() -> None:
+    """Two callers using the same key get two rooms; no key means a new room every time."""
+    deps, store, _, _ = make_deps(known=["alice", "bob"])
+    by_alice = await handlers.create_room(deps, keyed("alice", ["bob"], "same"))
+    by_bob = await handlers.create_room(deps, keyed("bob", ["alice"], "same"))
+    assert by_alice.id != by_bob.id
+    await handlers.create_room(deps, cmd("alice", ["bob"]))
+    await handlers.create_room(deps, cmd("alice", ["bob"]))
+    assert len(store.rooms) == 4
+
+
+async def test_retry_finishes_a_creation_cut_short() -> None:
+    """A crash after the key was recorded: the retry makes that room (same id and time), once."""
+    deps, store, publisher, _ = make_deps(known=["alice", "bob"])
+    store.fail_on["put_outbox"] = Crash()
+    with pytest.raises(Crash):
+        await handlers.create_room(deps, keyed("alice", ["bob"], "k-1"))
+    assert store.rooms == {}
+    deps.now_iso = lambda: "2024-06-16T12:40:00.000Z"  # the retry comes later
+    room = await handlers.create_room(deps, keyed("alice", ["bob"], "k-1"))
+    assert room.id == store.keys[("alice", "k-1")].room_id
+    assert room.createdAt == "2024-06-16T12:36:00.000Z"
+    assert list(store.rooms) == [room.id]
+    assert [r for r, _ in publisher.published] == [room.id]
+
+
+async def test_refused_creation_does_not_use_up_the_key() -> None:
+    """An unknown participant is refused before the key is recorded: fixing it may reuse it."""
+    deps, store, _, _ = make_deps(known=["alice", "bob"])
+    with pytest.raises(ChatError):
+        await handlers.create_room(deps, keyed("alice", ["nobody"], "k-1"))
+    assert store.keys == {}
+    room = await handlers.create_room(deps, keyed("alice", ["bob"], "k-1"))
+    assert [p.id for p in room.participants] == ["alice", "bob"]

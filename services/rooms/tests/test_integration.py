@@ -456,3 +456,68 @@ async def test_kill_during_burst_loses_no_room_and_no_event(
             assert event.room == by_id[event.room.id]
         # JetStream deduplicated re-publishes by Nats-Msg-Id: one event per room
         assert len(events) == len(announced)
+
+
+async def test_idempotency_key_makes_one_room(bus: Bus, launcher: ServiceLauncher) -> None:
+    """POSTs with one Idempotency-Key (even at once) make one room; other participants 409."""
+    rooms = await start_rooms(launcher, CHAT_CORS_ORIGINS="http://127.0.0.1:8080")
+    alice, bob, carol = await bus.create_users("Alice", "Bob", "Carol")
+    key = {"Idempotency-Key": "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"}
+    async with httpx.AsyncClient(base_url=rooms.url, timeout=10) as client:
+
+        async def post(participants: list[str]) -> httpx.Response:
+            body = {"participants": participants}
+            return await client.post("/rooms", json=body, headers={**auth(alice.id), **key})
+
+        answers = await asyncio.gather(*(post([bob.id]) for _ in range(5)))
+        assert [a.status_code for a in answers] == [201] * 5, [a.text for a in answers]
+        assert len({a.json()["id"] for a in answers}) == 1
+        room = Room.model_validate(answers[0].json())
+        assert all(Room.model_validate(a.json()) == room for a in answers)
+        again = await post([bob.id, alice.id])  # the same people in another order
+        assert again.status_code == 201
+        assert Room.model_validate(again.json()) == room
+        assert await rooms_of(client, alice.id) == [room]
+        assert await rooms_of(client, bob.id) == [room]
+
+        other = await post([carol.id])
+        assert other.status_code == 409, other.text
+        assert other.json()["error"]["code"] == "conflict"
+        assert await rooms_of(client, carol.id) == []
+
+        # keys are the caller's own: bob's same key makes bob's room
+        by_bob = await client.post(
+            "/rooms", json={"participants": [alice.id]}, headers={**auth(bob.id), **key}
+        )
+        assert by_bob.status_code == 201
+        assert by_bob.json()["id"] != room.id
+
+        for bad in ("a b", "x" * 129, ""):
+            resp = await client.post(
+                "/rooms",
+                json={"participants": [bob.id]},
+                headers={**auth(alice.id), "Idempotency-Key": bad},
+            )
+            assert resp.status_code == 400, (bad, resp.text)
+            assert resp.json()["error"]["code"] == "validation_error"
+            assert "Idempotency-Key" in resp.json()["error"]["message"]
+        preflight = await client.options(
+            "/rooms",
+            headers={
+                "Origin": "http://127.0.0.1:8080",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type,idempotency-key",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert "idempotency-key" in allowed
+
+    # the NATS command (WS create_room) takes the same key
+    command = CreateRoomCommand(
+        userId=alice.id, participants=[bob.id], idempotencyKey=key["Idempotency-Key"]
+    )
+    reply = CreateRoomReply.model_validate_json(
+        await bus.request(subjects.CREATE_ROOM, command.model_dump_json())
+    )
+    assert reply.room == room

@@ -178,7 +178,7 @@ def install_common_middleware(app: FastAPI, max_body_bytes: int, cors_origins: l
             CORSMiddleware,
             allow_origins=cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Link"],
             max_age=600,
         )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from contracts.errors import ChatError, ErrorCode
 from contracts.rest import Room, RoomParticipant
@@ -94,3 +95,15 @@ def user_pk(user_id: str) -> str:
 
 USER_SK = "profile"
 OUTBOX_PK = "outbox"
+
+
+def key_pk(user_id: str) -> str:
+    """A caller's creation keys (`Idempotency-Key`): one partition per caller, so that two
+    users' keys never meet."""
+    return f"key#{user_id}"
+
+
+def participants_digest(ids: Sequence[str]) -> str:
+    """What makes two creations under one key the same creation: the set of participants
+    (normalized, caller included; their order is not part of it)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()

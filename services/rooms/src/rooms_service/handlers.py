@@ -2,6 +2,11 @@
 
 Both entrypoints (NATS request/reply and HTTP) call the same `create_room`.
 
+Idempotent creation: with a key (HTTP `Idempotency-Key`, WS `idempotencyKey`), the first
+creation under (caller, key) records the room id and time it will use, conditionally; any later
+one with the same participants answers that room (finishing its writes if they were cut short),
+and one with other participants is a `conflict`.
+
 Publish after write without loss (the outbox): `create_room` writes an outbox item holding the
 RoomCreated JSON *before* the room and membership items, publishes once those are stored, then
 deletes the outbox item. `relay_outbox` (on start and every few seconds) redoes the writes of
@@ -23,7 +28,7 @@ from contracts.errors import ChatError, ErrorCode
 from contracts.rest import Room, User
 from rooms_service import domain
 from rooms_service.adapters.publisher import EventPublisher, encode_event
-from rooms_service.adapters.store import OutboxEntry, RoomStore
+from rooms_service.adapters.store import KeyClaim, OutboxEntry, RoomStore
 from rooms_service.adapters.users import UserDirectory, UsersUnavailable
 
 log = logging.getLogger(__name__)
@@ -89,7 +94,26 @@ async def create_room(deps: Deps, command: CreateRoomCommand) -> Room:
     """Create a room for `command.userId` (the token's subject) and announce it (RoomCreated)."""
     ids = domain.normalize_participants(command.userId, command.participants, deps.max_participants)
     names = await resolve_users(deps, ids)
-    room = domain.build_room(deps.new_room_id(), deps.now_iso(), ids, names)
+    room_id, created_at = deps.new_room_id(), deps.now_iso()
+    if command.idempotencyKey:
+        # 0. the caller's key decides the room's id before anything is written: a retry (the
+        # answer was lost, the page timed out) gets the same room, and finishes it if the first
+        # attempt stopped half way (every later write is an idempotent put of the same items).
+        digest = domain.participants_digest(ids)
+        claim = KeyClaim(command.userId, command.idempotencyKey, room_id, created_at, digest)
+        first = await deps.store.claim_key(claim)
+        if first is not None:
+            if first.digest != digest:
+                raise ChatError(
+                    ErrorCode.CONFLICT,
+                    "this idempotency key was used to create a room with other participants",
+                    409,
+                )
+            existing = await deps.store.get_room(first.room_id)
+            if existing is not None:
+                return existing
+            room_id, created_at = first.room_id, first.created_at
+    room = domain.build_room(room_id, created_at, ids, names)
     event = RoomCreated(
         room=room,
         creatorId=command.userId,

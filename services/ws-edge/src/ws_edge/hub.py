@@ -616,6 +616,7 @@ class Hub:
                 userId=conn.user_id,
                 participants=action.participants,
                 origin=self._origin(conn, action.requestId),
+                idempotencyKey=action.idempotencyKey,
             )
         )
         if reply.room is None:

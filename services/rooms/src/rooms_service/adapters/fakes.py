@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from contracts.rest import Room, User
 from rooms_service import domain
-from rooms_service.adapters.store import OutboxEntry
+from rooms_service.adapters.store import KeyClaim, OutboxEntry
 from rooms_service.adapters.users import UsersUnavailable
 
 
@@ -18,6 +18,7 @@ class FakeRoomStore:
         self.rooms: dict[str, tuple[Room, str]] = {}
         self.members: dict[str, dict[str, str]] = {}  # user id -> {sort key: room id}
         self.outbox: dict[str, OutboxEntry] = {}
+        self.keys: dict[tuple[str, str], KeyClaim] = {}
         self.fail_on: dict[str, BaseException] = {}
         self.calls: list[str] = []
 
@@ -47,6 +48,11 @@ class FakeRoomStore:
     async def delete_outbox(self, room_id: str) -> None:
         self._step("delete_outbox")
         self.outbox.pop(room_id, None)
+
+    async def claim_key(self, claim: KeyClaim) -> KeyClaim | None:
+        self._step("claim_key")
+        first = self.keys.setdefault((claim.user_id, claim.key), claim)
+        return None if first is claim else first
 
     async def save_room(self, room: Room, creator_id: str) -> None:
         self._step("save_room")

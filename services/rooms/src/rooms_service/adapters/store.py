@@ -8,9 +8,12 @@ Items (table `settings.table("rooms")`, pk/sk strings):
 | membership | `member#<userId>` | `<createdAt>#<roomId>` | roomId |
 | known user | `user#<userId>` | `profile` | id, name, avatar? |
 | outbox | `outbox` | `<roomId>` | event (RoomCreated JSON), writtenAt (epoch s) |
+| creation key | `key#<userId>` | `<key>` | roomId, createdAt, digest (of the participants) |
 
 Only single-item writes, batch writes, batch gets and queries: runs on DynamoDB, Alternator and
-dynalite alike. Every write is an idempotent put, so the outbox relay may repeat any of them.
+dynalite alike. Every write is an idempotent put, so the outbox relay may repeat any of them;
+the creation key is the one conditional put (the first creation under a key wins). Keys are
+kept for good, like the rooms they name (the store has no TTL to expire them with).
 """
 
 from __future__ import annotations
@@ -20,8 +23,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from botocore.exceptions import ClientError
+
 from contracts.rest import Room, RoomParticipant, User
-from infra.store import DynamoDBClient, from_item, key_conditions, to_item
+from infra.store import (
+    DynamoDBClient,
+    from_item,
+    if_absent,
+    is_conditional_failure,
+    key_conditions,
+    to_item,
+)
 from rooms_service import domain
 
 BATCH_WRITE_MAX = 25
@@ -36,6 +48,17 @@ class OutboxEntry:
     room_id: str
     event: str  # the RoomCreated JSON, exactly as it is published
     written_at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """A room creation under a caller's idempotency key: the room it makes, decided up front."""
+
+    user_id: str
+    key: str
+    room_id: str
+    created_at: str
+    digest: str  # domain.participants_digest of the normalized participants
 
 
 class StoreUnavailable(Exception):
@@ -56,6 +79,11 @@ class RoomStore(Protocol):
     async def list_outbox(self) -> list[OutboxEntry]: ...
 
     async def delete_outbox(self, room_id: str) -> None: ...
+
+    async def claim_key(self, claim: KeyClaim) -> KeyClaim | None:
+        """Record `claim` unless its caller already used the key: None when recorded, else the
+        claim made first (read strongly consistent)."""
+        ...
 
     async def save_room(self, room: Room, creator_id: str) -> None:
         """Put the room item and one membership item per participant (idempotent)."""
@@ -204,6 +232,35 @@ class DynamoRoomStore:
         await self._client.delete_item(
             TableName=self._table,
             Key={"pk": {"S": domain.OUTBOX_PK}, "sk": {"S": room_id}},
+        )
+
+    # --- creation keys --------------------------------------------------------------------------
+
+    async def claim_key(self, claim: KeyClaim) -> KeyClaim | None:
+        key = {"pk": domain.key_pk(claim.user_id), "sk": claim.key}
+        item = {**key, "roomId": claim.room_id, "createdAt": claim.created_at}
+        item["digest"] = claim.digest
+        try:
+            await self._client.put_item(
+                TableName=self._table, Item=to_item(item), **if_absent("pk")
+            )
+            return None
+        except ClientError as exc:
+            if not is_conditional_failure(exc):
+                raise
+        answer = await self._client.get_item(
+            TableName=self._table, Key=to_item(key), ConsistentRead=True
+        )
+        found = answer.get("Item")
+        if not found:  # keys are never deleted: only a broken store does this
+            raise StoreUnavailable("a creation key exists but cannot be read")
+        values = from_item(found)
+        return KeyClaim(
+            claim.user_id,
+            claim.key,
+            str(values["roomId"]),
+            str(values["createdAt"]),
+            str(values["digest"]),
         )
 
     # --- rooms ----------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Header, Request, status
 
 from contracts.bus import CreateRoomCommand
+from contracts.common import Identifier
 from contracts.errors import ErrorBody
 from contracts.rest import CreateRoomRequest, Room
 from infra.http import ERROR_RESPONSES, CurrentUserId, require_json
@@ -42,17 +43,38 @@ router = APIRouter(prefix="/rooms", tags=["rooms"], strict_content_type=False)
         "Creates a room with the given participants plus the caller (duplicates dropped, at "
         "most 100 in all). Every participant must be an existing user (`unknown_user` names "
         "the others, and no room is created). Same effect as the WS `create_room` action: "
-        "`RoomCreated` is published and every online participant receives `room_created`."
+        "`RoomCreated` is published and every online participant receives `room_created`. "
+        "With an `Idempotency-Key`, sending the same request again (say after a timeout) "
+        "answers the room the first one created instead of creating another; the same key "
+        "with other participants is a 409 `conflict`."
     ),
     responses={
         **ERROR_RESPONSES,
         **_UNAVAILABLE,
+        409: {
+            "model": ErrorBody,
+            "description": "Idempotency-Key already used for other participants",
+        },
         201: {"content": {"application/json": {"example": SEED_ROOM}}},
     },
     dependencies=[Depends(require_json)],
 )
-async def create_room(body: CreateRoomRequest, user_id: CurrentUserId, deps: DepsDep) -> Room:
-    command = CreateRoomCommand(userId=user_id, participants=list(body.participants))
+async def create_room(
+    body: CreateRoomRequest,
+    user_id: CurrentUserId,
+    deps: DepsDep,
+    idempotency_key: Annotated[
+        Identifier | None,
+        Header(
+            alias="Idempotency-Key",
+            description="The client's key for this creation (1-128 characters from letters, "
+            "digits and _-.:, e.g. a UUID), kept per caller",
+        ),
+    ] = None,
+) -> Room:
+    command = CreateRoomCommand(
+        userId=user_id, participants=list(body.participants), idempotencyKey=idempotency_key
+    )
     return await handlers.create_room(deps, command)
 
 

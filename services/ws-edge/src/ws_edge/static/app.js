@@ -18,6 +18,7 @@ const state = {
   attempt: 0,
   reconnectTimer: null,
   usersNext: null,
+  roomKey: null, // {wanted, key}: the Idempotency-Key of the room being created
 };
 
 const $ = (id) => document.getElementById(id);
@@ -58,8 +59,8 @@ function unreachable(err) {
   return new ApiError(0, 'network', 'The server cannot be reached; try again.');
 }
 
-async function api(url, { method = 'GET', body, auth = true } = {}) {
-  const headers = {};
+async function api(url, { method = 'GET', body, auth = true, headers: extra = {} } = {}) {
+  const headers = { ...extra };
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (auth && state.me) headers.authorization = `Bearer ${state.me.token}`;
   // a service that accepts the request and never answers must not leave the page waiting
@@ -584,8 +585,17 @@ async function createRoom(event) {
     return;
   }
   $('new-room-create').disabled = true;
+  // One key per room being created: "try again" after a lost answer sends the same key, and
+  // rooms answers the room the first try made instead of making a second one.
+  const wanted = chosen.join('\n');
+  if (!state.roomKey || state.roomKey.wanted !== wanted) state.roomKey = { wanted, key: newId() };
   try {
-    const { data } = await api(`${state.config.roomsUrl}/rooms`, { method: 'POST', body: { participants: chosen } });
+    const { data } = await api(`${state.config.roomsUrl}/rooms`, {
+      method: 'POST',
+      body: { participants: chosen },
+      headers: { 'idempotency-key': state.roomKey.key },
+    });
+    state.roomKey = null;
     roomState(data);
     $('new-room-dialog').close();
     renderRooms();
@@ -625,6 +635,7 @@ async function signUp(event) {
 function signOut(message) {
   localStorage.removeItem(STORE_KEY);
   state.me = null;
+  state.roomKey = null;
   if (state.ws) {
     const ws = state.ws;
     state.ws = null;
