@@ -609,9 +609,9 @@ async def get_n(client: DynamoHttpClient, n: int) -> int:
     return int(got["Item"]["n"]["N"])
 
 
-async def test_calls_waiting_for_a_lane_go_out_together() -> None:
-    """A single-item call goes at once on a free lane; calls arriving while every lane is busy
-    wait and are written together on the next free one, and each caller gets its own answer
+async def test_calls_made_together_go_out_together() -> None:
+    """A single-item call goes out on a free lane at the end of its loop iteration, in one
+    write with the calls made in the same iteration, and each caller gets its own answer
     (answers come in request order)."""
 
     async def echoing(seen: Seen, writer: asyncio.StreamWriter) -> bool:
@@ -624,14 +624,42 @@ async def test_calls_waiting_for_a_lane_go_out_together() -> None:
         assert await get_n(lean, 0) == 0  # opens lane 1
         got = await asyncio.gather(*(get_n(lean, n) for n in range(1, 21)))
         assert got == list(range(1, 21))
-        # call 1 at once on lane 1; calls 2..20 waited (for lane 1's answer or lane 2's
-        # connect, whichever came first) and went in one write
-        assert (lean.lane_writes, lean.lane_requests) == (3, 21)
-    assert [(seen.connection, seen.index) for seen in store.requests[:2]] == [(1, 1), (1, 2)]
-    batch = store.requests[2:]
-    assert len({seen.connection for seen in batch}) == 1
-    assert [seen.index for seen in batch] == list(range(batch[0].index, batch[0].index + 19))
+        # calls 1..20 were made in one loop iteration: one write on the free lane 1
+        assert (lean.lane_writes, lean.lane_requests) == (2, 21)
+    assert [(seen.connection, seen.index) for seen in store.requests] == [
+        (1, n) for n in range(1, 22)
+    ]
     assert [item_id(seen) for seen in store.requests] == list(range(21))
+
+
+async def test_calls_arriving_while_lanes_are_busy_wait_and_go_together() -> None:
+    """Calls made while every lane has a call in flight wait for the first lane to free and
+    are written together on it."""
+    release = asyncio.Event()
+
+    async def slow_first(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        if item_id(seen) in (1, 2):
+            await release.wait()
+        await send(writer, echo(item_id(seen)))
+        return True
+
+    async with ScriptedStore(slow_first) as store:
+        lean = store.client(max_attempts=1)
+        assert await get_n(lean, 0) == 0  # opens lane 1
+        first = asyncio.create_task(get_n(lean, 1))  # lane 1 busy
+        await asyncio.sleep(0)
+        second = asyncio.create_task(get_n(lean, 2))  # lane 2 opens for it
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(store.requests) == 3:
+                break
+        rest = [asyncio.create_task(get_n(lean, n)) for n in range(3, 13)]
+        await asyncio.sleep(0.1)
+        assert len(store.requests) == 3  # nothing free: the ten wait
+        release.set()
+        assert await asyncio.gather(first, second, *rest) == list(range(1, 13))
+        assert (lean.lane_writes, lean.lane_requests) == (4, 13)
+    assert len({seen.connection for seen in store.requests[3:]}) == 1
 
 
 async def test_answers_in_one_read_with_any_framing() -> None:
