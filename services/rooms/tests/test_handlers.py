@@ -265,9 +265,10 @@ async def test_retry_finishes_a_creation_cut_short() -> None:
         await handlers.create_room(deps, keyed("alice", ["bob"], "k-1"))
     assert store.rooms == {}
     deps.now_iso = lambda: "2024-06-16T12:40:00.000Z"  # the retry comes later
-    room = await handlers.create_room(deps, keyed("alice", ["bob"], "k-1"))
+    room = await handlers.create_room(deps, keyed("alice", ["bob", "alice"], "k-1"))
     assert room.id == store.keys[("alice", "k-1")].room_id
     assert room.createdAt == "2024-06-16T12:36:00.000Z"
+    assert [p.id for p in room.participants] == ["alice", "bob"]  # as the first try had them
     assert list(store.rooms) == [room.id]
     assert [r for r, _ in publisher.published] == [room.id]
 

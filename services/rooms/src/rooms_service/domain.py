@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -103,7 +102,7 @@ def key_pk(user_id: str) -> str:
     return f"key#{user_id}"
 
 
-def participants_digest(ids: Sequence[str]) -> str:
-    """What makes two creations under one key the same creation: the set of participants
-    (normalized, caller included; their order is not part of it)."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
+def same_participants(first: Sequence[str], again: Sequence[str]) -> bool:
+    """Two creations under one key are the same creation when they name the same people
+    (normalized, caller included; in any order)."""
+    return sorted(first) == sorted(again)

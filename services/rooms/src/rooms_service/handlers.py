@@ -96,14 +96,13 @@ async def create_room(deps: Deps, command: CreateRoomCommand) -> Room:
     names = await resolve_users(deps, ids)
     room_id, created_at = deps.new_room_id(), deps.now_iso()
     if command.idempotencyKey:
-        # 0. the caller's key decides the room's id before anything is written: a retry (the
+        # 0. the caller's key decides the room before anything is written: a retry (the
         # answer was lost, the page timed out) gets the same room, and finishes it if the first
         # attempt stopped half way (every later write is an idempotent put of the same items).
-        digest = domain.participants_digest(ids)
-        claim = KeyClaim(command.userId, command.idempotencyKey, room_id, created_at, digest)
+        claim = KeyClaim(command.userId, command.idempotencyKey, room_id, created_at, tuple(ids))
         first = await deps.store.claim_key(claim)
         if first is not None:
-            if first.digest != digest:
+            if not domain.same_participants(first.participants, ids):
                 raise ChatError(
                     ErrorCode.CONFLICT,
                     "this idempotency key was used to create a room with other participants",
@@ -112,7 +111,7 @@ async def create_room(deps: Deps, command: CreateRoomCommand) -> Room:
             existing = await deps.store.get_room(first.room_id)
             if existing is not None:
                 return existing
-            room_id, created_at = first.room_id, first.created_at
+            room_id, created_at, ids = first.room_id, first.created_at, list(first.participants)
     room = domain.build_room(room_id, created_at, ids, names)
     event = RoomCreated(
         room=room,

@@ -8,7 +8,7 @@ Items (table `settings.table("rooms")`, pk/sk strings):
 | membership | `member#<userId>` | `<createdAt>#<roomId>` | roomId |
 | known user | `user#<userId>` | `profile` | id, name, avatar? |
 | outbox | `outbox` | `<roomId>` | event (RoomCreated JSON), writtenAt (epoch s) |
-| creation key | `key#<userId>` | `<key>` | roomId, createdAt, digest (of the participants) |
+| creation key | `key#<userId>` | `<key>` | roomId, createdAt, participants (ids in order) |
 
 Only single-item writes, batch writes, batch gets and queries: runs on DynamoDB, Alternator and
 dynalite alike. Every write is an idempotent put, so the outbox relay may repeat any of them;
@@ -58,7 +58,7 @@ class KeyClaim:
     key: str
     room_id: str
     created_at: str
-    digest: str  # domain.participants_digest of the normalized participants
+    participants: tuple[str, ...]  # normalized ids, in the room's order
 
 
 class StoreUnavailable(Exception):
@@ -238,8 +238,12 @@ class DynamoRoomStore:
 
     async def claim_key(self, claim: KeyClaim) -> KeyClaim | None:
         key = {"pk": domain.key_pk(claim.user_id), "sk": claim.key}
-        item = {**key, "roomId": claim.room_id, "createdAt": claim.created_at}
-        item["digest"] = claim.digest
+        item = {
+            **key,
+            "roomId": claim.room_id,
+            "createdAt": claim.created_at,
+            "participants": list(claim.participants),
+        }
         try:
             await self._client.put_item(
                 TableName=self._table, Item=to_item(item), **if_absent("pk")
@@ -260,7 +264,7 @@ class DynamoRoomStore:
             claim.key,
             str(values["roomId"]),
             str(values["createdAt"]),
-            str(values["digest"]),
+            tuple(str(p) for p in values["participants"]),
         )
 
     # --- rooms ----------------------------------------------------------------------------------
