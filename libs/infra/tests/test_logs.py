@@ -78,22 +78,28 @@ def test_a_clients_protocol_fault_is_logged_at_info_without_traceback() -> None:
         def emit(self, record: logging.LogRecord) -> None:
             lines.append(JsonFormatter("test").format(record))
 
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
     server_log = logging.getLogger("uvicorn.error")
+    # collected on the logger itself: a uvicorn.Config made by an earlier test in this process
+    # may have given its parents handlers of their own
+    saved = server_log.handlers[:], server_log.propagate, server_log.level
+    root = logging.getLogger()
+    root_saved = root.handlers[:], root.level
     try:
         setup_logging("test")
         setup_logging("test")  # twice: still one filter
         assert sum(isinstance(f, ClientFaultsAsInfo) for f in server_log.filters) == 1
-        root.handlers[:] = [Collect()]
+        server_log.handlers[:], server_log.propagate = [Collect()], False
+        server_log.setLevel(logging.INFO)
         try:
             "\xff".encode("ascii")
         except UnicodeError:
             server_log.exception("Invalid UTF-8 sequence received from client.")
             server_log.exception("Exception in ASGI application\n")
     finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
+        server_log.handlers[:], server_log.propagate, level = saved
+        server_log.setLevel(level)
+        root.handlers[:], root_level = root_saved
+        root.setLevel(root_level)
     fault, own = (json.loads(line) for line in lines)
     assert (fault["level"], "exc" in fault) == ("info", False)
     assert (own["level"], "exc" in own) == ("error", True)

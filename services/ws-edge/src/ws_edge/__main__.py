@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from infra.logs import setup_logging
+from infra.serve import tune_gc
 from ws_edge.app import create_app
 from ws_edge.entrypoints.ws import DirectWsRoute
 from ws_edge.settings import Settings
@@ -28,8 +29,10 @@ class EdgeServer(uvicorn.Server):
 def main() -> None:
     settings = Settings()
     setup_logging(f"ws-edge-{settings.node_id}", settings.log_level)
+    app = DirectWsRoute(create_app(settings))
+    tune_gc()
     config = uvicorn.Config(
-        DirectWsRoute(create_app(settings)),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
