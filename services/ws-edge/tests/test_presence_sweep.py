@@ -4,6 +4,7 @@ grace period has passed, checked in batches, and nobody with a live connection i
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -30,10 +31,12 @@ class Announcements:
 
     def __init__(self) -> None:
         self.offline: list[str] = []
+        self.asked: list[str] = []  # user_rooms queries (each one a rooms query and a store read)
         self.by_user: dict[str, Any] = {}
         self.bus = SimpleNamespace(user_rooms=self.user_rooms, nc=SimpleNamespace(publish=self.pub))
 
     async def user_rooms(self, user_id: str) -> list[str]:
+        self.asked.append(user_id)
         return ["room_1"]
 
     async def pub(self, subject: str, payload: bytes) -> None:
@@ -94,3 +97,40 @@ def test_sweep_announces_users_of_dead_nodes_in_batches(
     assert seen["online"] == {f"user_live_{i}" for i in range(200)} | {
         f"user_local_{i}" for i in range(3)
     }
+
+
+def test_leaving_users_are_announced_with_the_rooms_the_node_knew(cache: Infra) -> None:
+    """The last connection of a user closes on this node: after the grace period the offline
+    change goes out with the rooms the node knew, without asking rooms for them (a crowd
+    leaving at once made one rooms query each); a user whose rooms the node did not know is
+    still looked up; one who shares no room is marked offline without an event (nobody to tell)."""
+
+    async def run() -> Announcements:
+        redis = aioredis.from_url(cache.redis_url)
+        try:
+            await redis.flushdb()
+            users = [f"user_leaving_{i}" for i in range(50)]
+            await redis.sadd(ONLINE_KEY, *users, "user_unknown_rooms", "user_without_rooms")
+            hub = Announcements()
+            node = Presence(hub, redis, grace_seconds=0.2)  # type: ignore[arg-type]
+            for user in users:
+                node.disconnected(user, {"room_b", "room_a"})
+            node.disconnected("user_unknown_rooms")
+            node.disconnected("user_without_rooms", set())
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if len(hub.offline) == 51 and not node._tasks:
+                    break
+            hub.by_user = {"gone": await redis.sismember(ONLINE_KEY, "user_without_rooms")}
+            return hub
+        finally:
+            await redis.aclose()
+
+    hub = asyncio.run(run())
+    assert hub.asked == ["user_unknown_rooms"]
+    by_user = {json.loads(s)["userId"]: json.loads(s)["roomIds"] for s in hub.offline}
+    assert len(hub.offline) == 51
+    assert by_user["user_leaving_7"] == ["room_a", "room_b"]
+    assert by_user["user_unknown_rooms"] == ["room_1"]
+    assert "user_without_rooms" not in by_user
+    assert hub.by_user == {"gone": 0}  # its announced state changed all the same

@@ -194,11 +194,12 @@ class Hub:
         if sequencer is not None:
             sequencer.close()
         users = self.by_user.get(conn.user_id)
+        rooms_left: set[str] | None = None
         if users is not None:
             users.discard(conn)
             if not users:
                 del self.by_user[conn.user_id]
-                self.user_rooms.pop(conn.user_id, None)
+                rooms_left = self.user_rooms.pop(conn.user_id, None)
         for room_id in list(conn.rooms):
             feed = self.feeds.get(room_id)
             if feed is None:
@@ -212,7 +213,7 @@ class Hub:
             except Exception as exc:
                 log.warning("redis unregister failed: %s", exc)
             if self.presence is not None and conn.user_id not in self.by_user:
-                self.presence.disconnected(conn.user_id)
+                self.presence.disconnected(conn.user_id, rooms_left)
 
     def _schedule_expiry(self, conn: Connection) -> None:
         if conn.expiry is not None:
