@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh import ports, run
+from mesh import ports, run, servers
 from mesh.testhelpers import MeshProcess, free_run, pid_alive, port_env
 
 
@@ -82,14 +82,15 @@ def test_cluster_mode_gives_three_nats_urls(tmp_path: Path) -> None:
 def test_nats_runs_go_on_one_thread_unless_told(tmp_path: Path) -> None:
     """nats-server gets GOMAXPROCS from CHAT_NATS_PROCS (1 by default, why: servers.nats_env);
     a value that is not a thread count stops `make run` before anything starts."""
+    awake = {"GODEBUG": servers.SYSMON_AWAKE}
     cfg = run.Config.from_env({"CHAT_DATA_DIR": str(tmp_path)})
     nats = [s for s in run.server_specs(cfg) if s.name.startswith("nats")]
-    assert [s.env for s in nats] == [{"GOMAXPROCS": "1"}]
+    assert [s.env for s in nats] == [{"GOMAXPROCS": "1", **awake}]
     cfg = run.Config.from_env(
         {"CHAT_DATA_DIR": str(tmp_path), "CHAT_NATS_CLUSTER": "1", "CHAT_NATS_PROCS": "2"}
     )
     nats = [s for s in run.server_specs(cfg) if s.name.startswith("nats")]
-    assert [s.env for s in nats] == [{"GOMAXPROCS": "2"}] * 3
+    assert [s.env for s in nats] == [{"GOMAXPROCS": "2", **awake}] * 3
     for bad in ("0", "two", "-1", "99999"):
         with pytest.raises(ValueError, match="CHAT_NATS_PROCS"):
             run.Config.from_env({"CHAT_DATA_DIR": str(tmp_path), "CHAT_NATS_PROCS": bad})
@@ -102,6 +103,32 @@ def test_nats_runs_go_on_one_thread_unless_told(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "CHAT_NATS_PROCS must be a whole number" in result.stdout
+
+
+def test_nats_keeps_go_sysmon_awake_unless_told() -> None:
+    """GODEBUG gets the longest schedtrace interval (why: servers.nats_env), after the caller's
+    own GODEBUG settings; a schedtrace the caller chose, or CHAT_NATS_SYSMON_AWAKE=0, wins."""
+    assert servers.nats_env({})["GODEBUG"] == "schedtrace=2147483647"
+    mine = servers.nats_env({"GODEBUG": "madvdontneed=1"})
+    assert mine["GODEBUG"] == "madvdontneed=1,schedtrace=2147483647"
+    assert "GODEBUG" not in servers.nats_env({"GODEBUG": "schedtrace=1000"})
+    assert "GODEBUG" not in servers.nats_env({"CHAT_NATS_SYSMON_AWAKE": "0"})
+    with pytest.raises(ValueError, match="CHAT_NATS_SYSMON_AWAKE"):
+        servers.nats_env({"CHAT_NATS_SYSMON_AWAKE": "yes"})
+
+
+def test_started_nats_server_has_its_environment(tmp_path: Path) -> None:
+    """The nats-server that tests, the bench and the runner start runs with nats_env's
+    settings (read back from the live process) and serves clients."""
+    proc = servers.start_nats(servers.free_port(), tmp_path / "nats", tmp_path / "nats.log")
+    try:
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert b"GOMAXPROCS=1" in environ
+        assert b"GODEBUG=schedtrace=2147483647" in environ
+        with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as conn:
+            assert conn.recv(4096).startswith(b"INFO ")
+    finally:
+        proc.stop()
 
 
 def test_missing_service_module_is_a_clear_error(

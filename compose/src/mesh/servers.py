@@ -203,20 +203,44 @@ def nats_command(
 
 
 def nats_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """nats-server's environment: Go's scheduler on `CHAT_NATS_PROCS` threads (default 1).
+    """nats-server's environment: Go's scheduler on `CHAT_NATS_PROCS` threads (default 1), and
+    Go's system monitor kept awake (`CHAT_NATS_SYSMON_AWAKE`, default 1).
 
-    Why: on a small machine shared with the rest of the mesh, Go's default (one thread per
-    core) spreads each message's goroutines (a client's read loop, the stream, the consumers,
-    the other clients' write loops) over both cores, and every hand-over is a cross-core
-    wake-up; on one thread they run one after the other. Measured in the fan-out benchmark:
-    nats-server's CPU about -18% at 500 msg/s and -22% at 1,000 (docs/performance.md). The
-    compose file and production NATS keep Go's default: this is only the embedded server.
-    `env` defaults to ours; ValueError for a value that is not a count of threads.
+    Why one thread: on a small machine shared with the rest of the mesh, Go's default (one
+    thread per core) spreads each message's goroutines (a client's read loop, the stream, the
+    consumers, the other clients' write loops) over both cores, and every hand-over is a
+    cross-core wake-up; on one thread they run one after the other. Measured in the fan-out
+    benchmark: nats-server's CPU about -18% at 500 msg/s and -22% at 1,000.
+
+    Why the monitor stays awake: Go's monitor thread (sysmon) goes to sleep whenever every
+    scheduler thread is idle, and the next system call wakes it again. nats-server idles
+    between bursts of a few messages, so at 1,500 msg/s the monitor was woken about 3,500
+    times a second: a quarter of nats-server's CPU (its own thread plus the wake-ups, `perf`).
+    Go keeps it on its plain timer loop (at most every 10 ms once nothing needs it) when a
+    scheduler trace is configured, so the trace's interval is set to the longest Go accepts
+    (about 25 days between two lines in the log). Measured: nats-server -25 to -35% of its CPU
+    at 1,500-2,000 msg/s (docs/performance.md). A `schedtrace` the caller set in `GODEBUG`
+    is kept as is; `CHAT_NATS_SYSMON_AWAKE=0` leaves `GODEBUG` alone.
+
+    The compose file and production NATS keep Go's defaults: this is only the embedded server.
+    `env` defaults to ours; ValueError for a value that is not a count of threads or 0/1.
     """
-    value = (os.environ if env is None else env).get("CHAT_NATS_PROCS", "1").strip()
+    source = os.environ if env is None else env
+    value = source.get("CHAT_NATS_PROCS", "1").strip()
     if not value.isdigit() or not 1 <= int(value) <= 1024:
         raise ValueError(f"CHAT_NATS_PROCS must be a whole number from 1 to 1024, not {value!r}")
-    return {"GOMAXPROCS": value}
+    result = {"GOMAXPROCS": value}
+    awake = source.get("CHAT_NATS_SYSMON_AWAKE", "1").strip()
+    if awake not in ("0", "1"):
+        raise ValueError(f"CHAT_NATS_SYSMON_AWAKE must be 0 or 1, not {awake!r}")
+    godebug = source.get("GODEBUG", "").strip()
+    if awake == "1" and "schedtrace=" not in godebug:
+        result["GODEBUG"] = ",".join(part for part in (godebug, SYSMON_AWAKE) if part)
+    return result
+
+
+# Go's longest trace interval (an int32 of milliseconds): sysmon never sleeps on its note
+SYSMON_AWAKE = "schedtrace=2147483647"
 
 
 def start_nats(
