@@ -16,6 +16,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
+from mesh import servers
+
 Record = dict[str, Any]
 BENCH = Path(__file__).resolve().parent
 STACK_ORDER = ["chat-mesh", "python-socketio", "node-socketio"]
@@ -85,6 +87,8 @@ def machine(quick: bool, runs: int, started: float, config: dict[str, Any]) -> d
         "minutes": round((time.time() - started) / 60, 1),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "versions": versions,
+        # every stack's servers are started by mesh.servers.spawn, under the same policy
+        "scheduling": "SCHED_BATCH" if servers.batch_scheduling() else "default",
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
     }
 
@@ -218,7 +222,9 @@ def table(agg: list[Record], raw: list[Record], meta: dict[str, Any]) -> str:
         f"Machine: {meta['cores']} cores ({meta['cpu']}), {meta['memory_gb']} GB, {meta['os']}. "
         f"Mode: {meta['mode']}, {meta['runs']} run(s) per figure (median, with (min-max) over "
         f"runs), started {meta['started']}, {meta['minutes']} min. Load average at the end: "
-        f"{meta['load_average_at_end']}. The load generator runs on the same cores.",
+        f"{meta['load_average_at_end']}. The load generator runs on the same cores. "
+        f"Every stack's server processes run under the {meta.get('scheduling', 'default')} "
+        "scheduling policy (CHAT_SCHED_BATCH), the load generator under the default one.",
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",

@@ -117,14 +117,26 @@ def test_nats_keeps_go_sysmon_awake_unless_told() -> None:
         servers.nats_env({"CHAT_NATS_SYSMON_AWAKE": "yes"})
 
 
+def test_sched_batch_setting(tmp_path: Path) -> None:
+    """CHAT_SCHED_BATCH is 1 by default, 0 turns it off, anything else stops `make run`."""
+    assert servers.batch_scheduling({}) is True
+    assert servers.batch_scheduling({"CHAT_SCHED_BATCH": "0"}) is False
+    assert servers.child_setup({"CHAT_SCHED_BATCH": "0"}) is None
+    with pytest.raises(ValueError, match="CHAT_SCHED_BATCH"):
+        run.Config.from_env({"CHAT_DATA_DIR": str(tmp_path), "CHAT_SCHED_BATCH": "yes"})
+
+
 def test_started_nats_server_has_its_environment(tmp_path: Path) -> None:
     """The nats-server that tests, the bench and the runner start runs with nats_env's
-    settings (read back from the live process) and serves clients."""
+    settings and under SCHED_BATCH (read back from the live process) and serves clients."""
     proc = servers.start_nats(servers.free_port(), tmp_path / "nats", tmp_path / "nats.log")
     try:
         environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
         assert b"GOMAXPROCS=1" in environ
         assert b"GODEBUG=schedtrace=2147483647" in environ
+        tasks = list(Path(f"/proc/{proc.pid}/task").iterdir())
+        assert len(tasks) > 1  # Go's threads, made after the policy was set, inherit it
+        assert {os.sched_getscheduler(int(t.name)) for t in tasks} == {os.SCHED_BATCH}
         with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as conn:
             assert conn.recv(4096).startswith(b"INFO ")
     finally:

@@ -224,3 +224,48 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(pid)
+
+
+THREADED = [
+    sys.executable,
+    "-c",
+    "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); "
+    "print('two', 'threads', flush=True); time.sleep(60)",
+]
+
+
+def policies(pid: int) -> set[int]:
+    """The scheduling policy of every thread of a process."""
+    import os
+
+    return {os.sched_getscheduler(int(t.name)) for t in Path(f"/proc/{pid}/task").iterdir()}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
+def test_children_run_under_batch_scheduling_unless_told(tmp_path: Path) -> None:
+    """Every thread of a supervised child runs under SCHED_BATCH (why: mesh.servers
+    .batch_scheduling); with CHAT_SCHED_BATCH=0 in its environment, the default policy."""
+    import os
+
+    specs = [
+        spec("batch", THREADED, tmp_path),
+        ChildSpec(
+            "plain", lambda: list(THREADED), tmp_path / "plain.log", {"CHAT_SCHED_BATCH": "0"}
+        ),
+    ]
+    sup = Supervisor(specs, lambda _: None, backoff=fast_backoff)
+    sup.start()
+    try:
+        for name in ("batch", "plain"):
+            deadline = time.monotonic() + 10
+            while "two threads" not in (tmp_path / f"{name}.log").read_text():
+                assert time.monotonic() < deadline, f"{name} did not start its thread"
+                time.sleep(0.05)
+        batch, plain = sup["batch"].pid, sup["plain"].pid
+        assert batch is not None
+        assert plain is not None
+        assert len(list(Path(f"/proc/{batch}/task").iterdir())) == 2
+        assert policies(batch) == {os.SCHED_BATCH}
+        assert policies(plain) == {os.SCHED_OTHER}
+    finally:
+        sup.stop_all(timeout=5)

@@ -88,6 +88,7 @@ class Config:
         ports.port_table(env, parts)  # validates values and duplicates
         port_of = {s.part: ports.parse_port(env, s) for s in ports.PORT_SETTINGS}
         data = env.get("CHAT_DATA_DIR", "").strip()
+        servers.batch_scheduling(env)  # a bad CHAT_SCHED_BATCH stops us before anything starts
         return cls(
             env=dict(env),
             parts=parts,

@@ -20,9 +20,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mesh.servers import child_setup
 
 Say = Callable[[str], None]
 LOG_ROTATE_BYTES = 20 * 1024 * 1024  # at a (re)start, a bigger log is moved to <name>.log.1
@@ -48,6 +50,20 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
         prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         if os.getppid() != parent:  # the supervisor died before the prctl
             os._exit(1)
+
+    return hook
+
+
+def _child_hook(env: Mapping[str, str]) -> Callable[[], None] | None:
+    """The child's preexec hook: die with the supervisor, then the process setup every
+    started server gets (`mesh.servers.child_setup`: the scheduling policy)."""
+    hooks = [h for h in (_die_with_parent_hook(), child_setup(env)) if h is not None]
+    if not hooks:
+        return None
+
+    def hook() -> None:
+        for each in hooks:
+            each()
 
     return hook
 
@@ -165,7 +181,7 @@ class Child:
                 env={**os.environ, **spec.env},
                 cwd=str(spec.cwd) if spec.cwd else None,
                 start_new_session=True,  # own process group: stopped by pid with its children
-                preexec_fn=_die_with_parent_hook(),  # only a prctl call (see there)
+                preexec_fn=_child_hook({**os.environ, **spec.env}),  # system calls only
             )
         self.started_at = now
         self.restart_at = None
