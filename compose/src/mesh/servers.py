@@ -143,7 +143,7 @@ def batch_scheduling(env: Mapping[str, str] | None = None) -> bool:
     causing extra preemptions (between the workload's tasks)". Nice values and priorities are
     unchanged; an idle core still takes a woken process at once, so latency at low load is
     the same. Measured in the fan-out benchmark (docs/performance.md): server CPU per frame
-    -5 to -8% at 1,500 msg/s and p99 down. The bench starts the peers through `spawn` too,
+    -3 to -7% at 1,500 msg/s and p99 down. The bench starts the peers through `spawn` too,
     so every stack runs under the same policy.
     """
     value = (os.environ if env is None else env).get("CHAT_SCHED_BATCH", "1").strip()
