@@ -174,6 +174,7 @@ def spawn(
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    child_env = {**os.environ, **(env or {})}
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         return subprocess.Popen(
@@ -181,10 +182,10 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env=child_env,
             cwd=str(cwd) if cwd else None,
             start_new_session=True,  # own process group: stopped by pid with its children
-            preexec_fn=child_setup({**os.environ, **(env or {})}),  # one system call
+            preexec_fn=child_setup(child_env),  # one system call
         )
     finally:
         log.close()

@@ -173,15 +173,16 @@ class Child:
             log.write(f"\n===== {stamp} mesh: starting {spec.name}: {' '.join(argv)}\n".encode())
             log.flush()
             self.log_offset = log.tell()
+            env = {**os.environ, **spec.env}
             self.popen = subprocess.Popen(
                 argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **spec.env},
+                env=env,
                 cwd=str(spec.cwd) if spec.cwd else None,
                 start_new_session=True,  # own process group: stopped by pid with its children
-                preexec_fn=_child_hook({**os.environ, **spec.env}),  # system calls only
+                preexec_fn=_child_hook(env),  # system calls only
             )
         self.started_at = now
         self.restart_at = None
