@@ -31,6 +31,7 @@ class Announcements:
 
     def __init__(self) -> None:
         self.offline: list[str] = []
+        self.online: list[str] = []
         self.asked: list[str] = []  # user_rooms queries (each one a rooms query and a store read)
         self.by_user: dict[str, Any] = {}
         self.bus = SimpleNamespace(user_rooms=self.user_rooms, nc=SimpleNamespace(publish=self.pub))
@@ -42,6 +43,8 @@ class Announcements:
     async def pub(self, subject: str, payload: bytes) -> None:
         if b'"online":false' in payload:
             self.offline.append(payload.decode())
+        else:
+            self.online.append(payload.decode())
 
 
 def test_sweep_announces_users_of_dead_nodes_in_batches(
@@ -133,3 +136,36 @@ def test_leaving_users_are_announced_with_the_rooms_the_node_knew(cache: Infra) 
     assert by_user["user_unknown_rooms"] == ["room_1"]
     assert "user_without_rooms" not in by_user
     assert still_online == 0  # its announced state changed all the same
+
+
+def test_arriving_users_are_announced_with_the_rooms_the_hub_loaded(cache: Infra) -> None:
+    """A user's first connection is announced online with the rooms the hub has just loaded
+    for it, without a second rooms query per connect; a second connection of a user already
+    online announces nothing; a caller that knows no rooms still has them looked up."""
+
+    async def run() -> Announcements:
+        redis = aioredis.from_url(cache.redis_url)
+        try:
+            await redis.flushdb()
+            hub = Announcements()
+            node = Presence(hub, redis, grace_seconds=5)  # type: ignore[arg-type]
+            for i in range(50):
+                node.connected(f"user_arriving_{i}", {"room_b", "room_a"})
+            node.connected("user_arriving_3", {"room_a", "room_b"})  # already online
+            node.connected("user_rooms_unknown")
+            node.connected("user_without_rooms", set())
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if len(hub.online) == 51 and not node._tasks:
+                    break
+            return hub
+        finally:
+            await redis.aclose()
+
+    hub = asyncio.run(run())
+    assert hub.asked == ["user_rooms_unknown"]
+    by_user = {json.loads(s)["userId"]: json.loads(s)["roomIds"] for s in hub.online}
+    assert len(hub.online) == 51
+    assert by_user["user_arriving_3"] == ["room_a", "room_b"]
+    assert by_user["user_rooms_unknown"] == ["room_1"]
+    assert "user_without_rooms" not in by_user

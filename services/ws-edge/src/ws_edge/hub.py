@@ -176,9 +176,11 @@ class Hub:
         except Exception as exc:
             self._map_dirty = True
             log.warning("redis register failed (will re-register): %s", exc)
-        if self.presence is not None:
-            self.presence.connected(conn.user_id)
         rooms = await self._load_user_rooms(conn.user_id, force=conn.user_id not in self.user_rooms)
+        if self.presence is not None:
+            # after the rooms are known: an `online` announcement names them without asking
+            # rooms a second time per connect
+            self.presence.connected(conn.user_id, rooms)
         for room_id in rooms:
             await self._join(conn, room_id, new_room=False)
         with contextlib.suppress(Exception):
