@@ -307,16 +307,21 @@ def table(agg: list[Record], raw: list[Record], meta: dict[str, Any]) -> str:
             "## Idle connections (held open across both edge nodes)",
             "",
             "| stack | connections | connected | connect time s | KB per connection per edge "
-            "(mean) | per edge node | edge RSS after, MB |",
-            "|---|---|---|---|---|---|---|",
+            "(mean) | per edge node | edge RSS after, MB | server CPU holding them, % of a core "
+            "(busiest) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in idle:
             per = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("kb_per_connection") or {}).items())
             after = ", ".join(f"{k} {v:.0f}" for k, v in (r.get("edge_rss_after_mb") or {}).items())
+            held = r.get("hold_cpu_pct") or {}
+            busiest = ", ".join(
+                f"{k} {v:.1f}" for k, v in sorted(held.items(), key=lambda kv: -kv[1])[:3]
+            )
             lines.append(
                 f"| {r['stack']} | {_f(r.get('connections'))} | {_fs(r, 'connected')} | "
                 f"{_fs(r, 'connect_seconds', 1)} | {_fs(r, 'kb_per_connection_mean', 1)} | "
-                f"{per} | {after} |"
+                f"{per} | {after} | {_fs(r, 'hold_server_cpu_pct', 1)} ({busiest}) |"
             )
         lines.append("")
     lines += linear_table(agg, raw, meta)

@@ -75,6 +75,8 @@ class Config:
     latency_seconds: float = 20.0
     # idle
     idle_connections: int = 20000
+    # then held this long, quiet, for the servers' CPU while holding them (heartbeats, sweeps)
+    idle_hold_seconds: float = 10.0
     # history
     history_clients: int = 1000
     history_room_size: int = 10
@@ -591,8 +593,11 @@ async def scenario_idle(cfg: Config, stack: Stack, out: Path) -> list[Record]:
         conn = await connect_all(lgs, specs)
         await asyncio.sleep(3 * cfg.pause)
         after = {e: rss(stack.pids[e]) for e in edges}
-        still_open = sum([(await lg.call("status"))["open"] for lg in lgs])
         procs = sampler.stop()
+        holding = Sampler(stack.pids).start()
+        await asyncio.sleep(cfg.idle_hold_seconds)
+        hold = holding.stop()
+        still_open = sum([(await lg.call("status"))["open"] for lg in lgs])
         per_node = {e: n // 2 + (1 if (i == 0 and n % 2) else 0) for i, e in enumerate(edges)}
         kb = {e: (after[e] - before[e]) / 1024 / max(1, per_node[e]) for e in edges}
         rec: Record = {
@@ -608,10 +613,14 @@ async def scenario_idle(cfg: Config, stack: Stack, out: Path) -> list[Record]:
             "kb_per_connection_mean": sum(kb.values()) / len(kb),
             "cpu_pct": procs["cpu_pct"],
             "peak_rss_mb": procs["peak_rss_mb"],
+            "hold_seconds": hold["wall_s"],
+            "hold_cpu_pct": hold["cpu_pct"],
+            "hold_server_cpu_pct": sum(hold["cpu_pct"].values()),
         }
         log(
             f"  {stack.name} idle: {conn['connected']}/{n} connected in {conn['seconds']:.1f}s, "
-            f"{rec['kb_per_connection_mean']:.1f} KB/conn per edge"
+            f"{rec['kb_per_connection_mean']:.1f} KB/conn per edge, holding them "
+            f"{rec['hold_server_cpu_pct']:.1f}% of a core"
             + (f", failures {conn['why']}" if conn["failed"] else "")
         )
         return [rec]
@@ -999,6 +1008,7 @@ def parse(argv: list[str] | None = None) -> Config:
     ap.add_argument("--rates", help="comma list of offered msg/s")
     ap.add_argument("--step-seconds", type=float)
     ap.add_argument("--idle", type=int, dest="idle_connections")
+    ap.add_argument("--idle-hold", type=float, dest="idle_hold_seconds", help="idle: seconds held")
     ap.add_argument("--latency-seconds", type=float)
     ap.add_argument("--history-seconds", type=float)
     ap.add_argument("--ingest-seconds", type=float)
@@ -1040,7 +1050,7 @@ def parse(argv: list[str] | None = None) -> Config:
         cfg.clients, cfg.room_size, cfg.rates = 20, 4, [40, 80]
         cfg.step_seconds, cfg.drain_seconds, cfg.warmup_seconds = 1.5, 0.6, 0.5
         cfg.latency_clients, cfg.latency_rate, cfg.latency_seconds = 10, 20, 1.5
-        cfg.idle_connections = 100
+        cfg.idle_connections, cfg.idle_hold_seconds = 100, 0.5
         cfg.history_clients, cfg.history_room_size = 20, 4
         cfg.history_seed_rate, cfg.history_seed_seconds = 40, 1.5
         cfg.history_readers, cfg.history_seconds, cfg.history_missed = 4, 1.0, 5
@@ -1051,6 +1061,7 @@ def parse(argv: list[str] | None = None) -> Config:
     if a.runs is not None:
         cfg.runs = a.runs
     for key in ("loadgens", "clients", "room_size", "step_seconds", "idle_connections",
+                "idle_hold_seconds",
                 "latency_seconds", "history_seconds", "ingest_seconds", "ingest_rate",
                 "linear_clients", "linear_room_size", "linear_rate"):  # fmt: skip
         v = getattr(a, key)

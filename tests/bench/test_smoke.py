@@ -52,6 +52,10 @@ def test_bench_smoke_runs_and_writes_its_files(tmp_path: Path) -> None:
             (s, shape) for s in stacks for shape in ("base", "clients_x2", "rooms_x2", "ratios")
         }, (kind, shapes)
     assert "## Linear cost" in (out / "table.md").read_text()
+    # the idle scenario measures every stack's servers while they hold the connections
+    idle = [r for r in lines if r["type"] == "run" and r["scenario"] == "idle"]
+    assert {r["stack"] for r in idle} == stacks
+    assert all(r["hold_seconds"] > 0 and r["hold_server_cpu_pct"] >= 0 for r in idle), idle
 
 
 @pytest.mark.timeout(330)

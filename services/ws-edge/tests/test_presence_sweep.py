@@ -54,7 +54,7 @@ def test_sweep_announces_users_of_dead_nodes_in_batches(
     200 with a connection on a live node, 3 connected on the sweeping node itself. The first
     sweep marks the 1,000 gone (grace period starts), the second, after the grace period,
     announces exactly those 1,000 offline; each sweep checks the 1,200 not connected here in
-    batches of at most 64 (one Redis round trip each); the live ones stay online."""
+    batches of at most 64, one script call each; the live ones stay online."""
     monkeypatch.setattr(presence, "SWEEP_BATCH", 64)
     batches: list[int] = []
     check_batch = Presence._check_batch
@@ -81,12 +81,22 @@ def test_sweep_announces_users_of_dead_nodes_in_batches(
             hub = Announcements()
             hub.by_user = {user: {"conn"} for user in local}
             sweeper = Presence(hub, redis, grace_seconds=0.2)  # type: ignore[arg-type]
+            await redis.config_resetstat()
             await sweeper._sweep()
             first = list(hub.offline)
             await asyncio.sleep(0.3)
             await sweeper._sweep()
+            stats = await redis.info("commandstats")
             still_online = {m.decode() for m in await redis.smembers(ONLINE_KEY)}
-            return {"first": first, "offline": hub.offline, "online": still_online}
+            return {
+                "first": first,
+                "offline": hub.offline,
+                "online": still_online,
+                "script_calls": sum(
+                    int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+                    for name in ("evalsha", "eval")
+                ),
+            }
         finally:
             await redis.aclose()
 
@@ -95,6 +105,8 @@ def test_sweep_announces_users_of_dead_nodes_in_batches(
     assert sum(batches) == 2 * 1200
     assert max(batches) <= 64
     assert len(batches) <= 2 * (1200 // 64 + 1)
+    # one script call per batch (a call per user made 2,400), plus the first call's load
+    assert seen["script_calls"] <= len(batches) + 2
     announced = sorted(s.split('"userId":"')[1].split('"')[0] for s in seen["offline"])
     assert announced == sorted(f"user_dead_{i}" for i in range(1000))
     assert seen["online"] == {f"user_live_{i}" for i in range(200)} | {

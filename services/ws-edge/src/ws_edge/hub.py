@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -90,6 +90,26 @@ class RoomFeed:
     filling: asyncio.Task[None] | None = None
 
 
+class LocalConnections(Mapping[str, str]):
+    """This node's connections as connection id -> user id, read through (not copied): the
+    heartbeat needs them only when Redis lost the map, and copying 10,000 of them every second
+    was most of an idle node's own work besides pings."""
+
+    __slots__ = ("_conns",)
+
+    def __init__(self, conns: dict[str, Connection]) -> None:
+        self._conns = conns
+
+    def __getitem__(self, conn_id: str) -> str:
+        return self._conns[conn_id].user_id
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._conns))
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+
 class Hub:
     """Everything one edge node knows about its live connections."""
 
@@ -152,11 +172,10 @@ class Hub:
         while not self.stopping:
             await asyncio.sleep(interval)
             try:
-                local = {c.id: c.user_id for c in self.conns.values()}
                 if self._map_dirty:
                     self.connmap.epoch = self.connmap.epoch + "x"  # force re-registration
                     self._map_dirty = False
-                await self.connmap.heartbeat(local)
+                await self.connmap.heartbeat(LocalConnections(self.conns))
             except Exception as exc:
                 self._map_dirty = True
                 log.warning("redis heartbeat failed: %s", exc)

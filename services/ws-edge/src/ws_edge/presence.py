@@ -24,8 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Collection
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from nats.aio.msg import Msg
@@ -46,33 +46,58 @@ GONE_KEY = "chat:presence:gone"
 SWEEP_LOCK_KEY = "chat:presence:sweep"
 SWEEP_BATCH = 500  # users checked per Redis round trip in a sweep
 
-# KEYS: conns hash of the user, online set, gone hash. ARGV: user, now ms, grace ms.
-# Returns 1 when the user is now offline (removed from the online set: announce it),
-# 0 when online or never announced, -1 when gone but still within the grace period.
-OFFLINE_SCRIPT = """
-local nodes = redis.call('HVALS', KEYS[1])
-for _, node in ipairs(nodes) do
-  if redis.call('EXISTS', 'chat:node:' .. node .. ':alive') == 1 then
-    redis.call('HDEL', KEYS[3], ARGV[1])
+# The offline check of one user, shared by the scripts below. Returns 1 when the user is now
+# offline (removed from the online set: announce it), 0 when online or never announced, -1 when
+# gone but still within the grace period.
+_CHECK_LUA = """
+local function check(conns, online, gone, user, now, grace)
+  local nodes = redis.call('HVALS', conns)
+  for _, node in ipairs(nodes) do
+    if redis.call('EXISTS', 'chat:node:' .. node .. ':alive') == 1 then
+      redis.call('HDEL', gone, user)
+      return 0
+    end
+  end
+  if redis.call('SISMEMBER', online, user) == 0 then
+    redis.call('HDEL', gone, user)
     return 0
   end
-end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  return 0
-end
-local since = redis.call('HGET', KEYS[3], ARGV[1])
-if not since then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+  local since = redis.call('HGET', gone, user)
+  if not since then
+    redis.call('HSET', gone, user, now)
+    return -1
+  end
+  if now - tonumber(since) >= grace then
+    redis.call('SREM', online, user)
+    redis.call('HDEL', gone, user)
+    return 1
+  end
   return -1
 end
-if tonumber(ARGV[2]) - tonumber(since) >= tonumber(ARGV[3]) then
-  redis.call('SREM', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  return 1
-end
-return -1
 """
+
+# KEYS: conns hash of the user, online set, gone hash. ARGV: user, now ms, grace ms.
+OFFLINE_SCRIPT = (
+    _CHECK_LUA
+    + "return check(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))"
+)
+
+# A sweep's batch in one call. KEYS: online set, gone hash, then each user's conns hash.
+# ARGV: now ms, grace ms, then the users (in the order of their keys). Returns the users now
+# offline. Why one call per batch: a call per user cost the sweeping node a command's worth of
+# client work per online user of the other nodes every grace period.
+SWEEP_SCRIPT = (
+    _CHECK_LUA
+    + """
+local now, grace, offline = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
+for i = 3, #KEYS do
+  if check(KEYS[i], KEYS[1], KEYS[2], ARGV[i], now, grace) == 1 then
+    offline[#offline + 1] = ARGV[i]
+  end
+end
+return offline
+"""
+)
 
 
 def _conns_key(user_id: str) -> str:
@@ -87,6 +112,7 @@ class Presence:
         self.redis = redis
         self.grace = grace_seconds
         self._script = redis.register_script(OFFLINE_SCRIPT)
+        self._sweep_script = redis.register_script(SWEEP_SCRIPT)
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._checks: dict[str, asyncio.TimerHandle] = {}
@@ -186,17 +212,13 @@ class Presence:
         except Exception as exc:
             log.warning("presence (offline check) failed for %s: %s", user_id, exc)
 
-    def _offline_check(self, user_id: str, now_ms: int, client: Any = None) -> Awaitable[Any]:
-        """OFFLINE_SCRIPT for one user, with the KEYS and ARGV it reads (on `client`: a
-        pipeline queues it)."""
-        return self._script(
-            keys=[_conns_key(user_id), ONLINE_KEY, GONE_KEY],
-            args=[user_id, now_ms, int(self.grace * 1000)],
-            client=client,
-        )
-
     async def _run_script(self, user_id: str) -> int:
-        return int(await self._offline_check(user_id, int(time.time() * 1000)))
+        """OFFLINE_SCRIPT for one user, with the KEYS and ARGV it reads."""
+        result = await self._script(
+            keys=[_conns_key(user_id), ONLINE_KEY, GONE_KEY],
+            args=[user_id, int(time.time() * 1000), int(self.grace * 1000)],
+        )
+        return int(result)
 
     async def _announce(self, user_id: str, online: bool, rooms: list[str] | None = None) -> None:
         if rooms is None:
@@ -258,11 +280,11 @@ class Presence:
             await self._check_batch(batch)
 
     async def _check_batch(self, user_ids: list[str]) -> None:
+        """The offline check of each user, in one Redis call; announces those now offline."""
         now_ms = int(time.time() * 1000)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                await self._offline_check(user_id, now_ms, pipe)
-            results = await pipe.execute()
-        for user_id, result in zip(user_ids, results, strict=True):
-            if int(result) == 1:
-                await self._announce(user_id, online=False)
+        offline = await self._sweep_script(
+            keys=[ONLINE_KEY, GONE_KEY, *(_conns_key(u) for u in user_ids)],
+            args=[now_ms, int(self.grace * 1000), *user_ids],
+        )
+        for raw in offline:
+            await self._announce(raw.decode() if isinstance(raw, bytes) else str(raw), online=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -47,7 +48,7 @@ class MapNotReady(RuntimeError):
 class ConnectionMap(Protocol):
     async def register(self, user_id: str, conn_id: str) -> None: ...
     async def unregister(self, user_id: str, conn_id: str) -> None: ...
-    async def heartbeat(self, local: dict[str, str]) -> None: ...
+    async def heartbeat(self, local: Mapping[str, str]) -> None: ...
     async def nodes_of(self, user_ids: list[str]) -> dict[str, list[str]]: ...
     async def count(self, user_id: str) -> int: ...
 
@@ -75,8 +76,10 @@ class RedisConnectionMap:
         alive = await self._alive_nodes({str(n) for n in entries.values()})
         return sum(1 for node in entries.values() if str(node) in alive)
 
-    async def heartbeat(self, local: dict[str, str]) -> None:
-        """Refresh liveness; re-register local connections (conn -> user) if Redis lost them."""
+    async def heartbeat(self, local: Mapping[str, str]) -> None:
+        """Refresh liveness; re-register local connections (conn -> user) if Redis lost them.
+
+        `local` is read only when re-registering (a view is enough: no copy every second)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(_alive_key(self.node), "1", ex=self.ttl)
         pipe.get(_epoch_key(self.node))
