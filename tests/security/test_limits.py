@@ -7,6 +7,7 @@ import json
 
 import httpx
 import redis.asyncio as aioredis
+import websockets
 from chat_client import WsClient
 from security_helpers import (
     SecureMesh,
@@ -101,6 +102,73 @@ async def test_connections_per_user_across_nodes(secure: SecureMesh, infra: Infr
         for c in clients:
             await c.close()
         await redis.aclose()
+
+
+async def test_connection_limit_holds_under_a_burst_of_handshakes(secure: SecureMesh) -> None:
+    """30 handshakes of one token at once, over both nodes: exactly 3 are accepted, the rest
+    get 429, and the map holds 3 (the count and the registration are one step); once they
+    close, 3 new ones are accepted again."""
+    (mallory,) = await users(secure.mesh, "Mallory")
+    redis = aioredis.from_url(secure.redis_url)
+    opened: list[websockets.ClientConnection] = []
+
+    async def attempt(edge: int) -> int:
+        try:
+            ws = await websockets.connect(
+                secure.ws_url(edge, mallory["token"]), open_timeout=20, origin=ALLOWED_ORIGIN
+            )
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code
+        opened.append(ws)
+        return 101
+
+    try:
+        statuses = await asyncio.gather(*(attempt(i % 2) for i in range(30)))
+        assert sorted(statuses).count(101) == 3, statuses
+        assert set(statuses) == {101, 429}
+        await _count(redis, mallory["id"], 3)
+        for ws in opened:
+            await ws.close()
+        await _count(redis, mallory["id"], 0)
+        opened.clear()
+        statuses = await asyncio.gather(*(attempt(i % 2) for i in range(6)))
+        assert statuses.count(101) == 3, statuses
+    finally:
+        for ws in opened:
+            await ws.close()
+        await redis.aclose()
+
+
+async def test_event_streams_count_against_the_same_limit(secure: SecureMesh) -> None:
+    """10 `GET /events` of one token at once: 3 streams open, 7 get 429 with the JSON body;
+    a WebSocket of that user is refused while they are open."""
+    (mallory,) = await users(secure.mesh, "Mallory")
+    opened: list[httpx.Response] = []
+    async with httpx.AsyncClient(timeout=20) as http:
+
+        async def attempt(edge: int) -> int:
+            request = http.build_request(
+                "GET", f"{secure.mesh.edges[edge]}/events", params={"token": mallory["token"]}
+            )
+            response = await http.send(request, stream=True)
+            if response.status_code == 200:
+                opened.append(response)
+            else:
+                body = json.loads(await response.aread())
+                assert body["error"]["code"] == "rate_limited"
+            return response.status_code
+
+        try:
+            statuses = await asyncio.gather(*(attempt(i % 2) for i in range(10)))
+            assert statuses.count(200) == 3, statuses
+            assert statuses.count(429) == 7, statuses
+            status, _ = await handshake_status(
+                secure.ws_url(0, mallory["token"]), origin=ALLOWED_ORIGIN
+            )
+            assert status == 429
+        finally:
+            for response in opened:
+                await response.aclose()
 
 
 async def _burst(client: WsClient, token: str, count: int, tag: str) -> None:

@@ -35,6 +35,10 @@ class RoomView:
     held: list[tuple[int, str]] = field(default_factory=list)
 
 
+def new_connection_id() -> str:
+    return "c" + secrets.token_hex(8)
+
+
 class Connection:
     """A client's socket as the hub sees it. `push` never blocks: a full queue disconnects."""
 
@@ -47,8 +51,9 @@ class Connection:
         bucket: TokenBucket,
         abuse: AbuseMeter,
         write_frame: WriteFrame | None = None,
+        conn_id: str | None = None,
     ) -> None:
-        self.id = "c" + secrets.token_hex(8)
+        self.id = conn_id or new_connection_id()
         self.claims = claims
         self.user_id = claims.user_id
         self._send_text = send_text

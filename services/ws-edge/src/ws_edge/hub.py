@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import orjson
@@ -90,6 +91,14 @@ class RoomFeed:
     filling: asyncio.Task[None] | None = None
 
 
+class Admission(Enum):
+    """The answer to a connection's request for one of its user's connection slots."""
+
+    REFUSED = "refused"  # the user has the limit of connections already
+    REGISTERED = "registered"  # counted and registered in the connection map, atomically
+    LOCAL = "local"  # the map did not answer: admitted by this node's own count
+
+
 class LocalConnections(Mapping[str, str]):
     """This node's connections as connection id -> user id, read through (not copied): the
     heartbeat needs them only when Redis lost the map, and copying 10,000 of them every second
@@ -123,6 +132,8 @@ class Hub:
         self.node = settings.node_id
         self.conns: dict[str, Connection] = {}
         self.by_user: dict[str, set[Connection]] = {}
+        # user -> connections admitted on this node, from the handshake's admission to the end
+        self._admitted: dict[str, int] = {}
         self.user_rooms: dict[str, set[str]] = {}
         self.feeds: dict[str, RoomFeed] = {}
         self.sequencers: dict[str, RoomSequencer] = {}
@@ -182,19 +193,69 @@ class Hub:
 
     # --- connections --------------------------------------------------------------------------
 
-    async def attach(self, conn: Connection) -> None:
+    async def admit(self, user_id: str, conn_id: str, limit: int) -> Admission:
+        """Take one of the user's `limit` connection slots (on all nodes) for `conn_id`.
+
+        This node's count is taken before anything is awaited, so concurrent handshakes here
+        see each other; the connection map then counts and registers in one atomic step
+        (`RedisConnectionMap.reserve`), so handshakes on several nodes do too. Why: a count
+        read before registering let a burst of handshakes of one token all pass the limit.
+        If the map does not answer, this node's count decides (the heartbeat registers the
+        connection once the map is back). Every admission is given back with `release`.
+        """
+        held = self._admitted.get(user_id, 0)
+        if held >= limit:
+            return Admission.REFUSED
+        self._admitted[user_id] = held + 1
+        try:
+            if await self.connmap.reserve(user_id, conn_id, limit):
+                return Admission.REGISTERED
+        except asyncio.CancelledError:
+            # the handshake was abandoned: the entry may have been written all the same
+            self.release(user_id)
+            task = asyncio.get_running_loop().create_task(self._unregister(user_id, conn_id))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+            raise
+        except Exception as exc:
+            log.warning("connection map unavailable, admitting by this node's count: %s", exc)
+            return Admission.LOCAL
+        self.release(user_id)
+        return Admission.REFUSED
+
+    def release(self, user_id: str) -> None:
+        """Give back an admission (its connection ended, or never started)."""
+        held = self._admitted.get(user_id, 0) - 1
+        if held > 0:
+            self._admitted[user_id] = held
+        else:
+            self._admitted.pop(user_id, None)
+
+    async def withdraw(self, user_id: str, conn_id: str) -> None:
+        """An admitted connection that never attached: give back its slot and map entry."""
+        self.release(user_id)
+        await self._unregister(user_id, conn_id)
+
+    async def _unregister(self, user_id: str, conn_id: str) -> None:
+        try:
+            await self.connmap.unregister(user_id, conn_id)
+        except Exception as exc:
+            log.warning("redis unregister failed: %s", exc)
+
+    async def attach(self, conn: Connection, registered: bool = False) -> None:
         """Register a new connection, learn its user's rooms and subscribe their feeds.
 
-        Registration in Redis comes before the room list is read, so a room created
-        meanwhile is either in the list or routed to this node.
+        Registration in Redis (done by `admit` when `registered`) comes before the room list
+        is read, so a room created meanwhile is either in the list or routed to this node.
         """
         self.conns[conn.id] = conn
         self.by_user.setdefault(conn.user_id, set()).add(conn)
-        try:
-            await self.connmap.register(conn.user_id, conn.id)
-        except Exception as exc:
-            self._map_dirty = True
-            log.warning("redis register failed (will re-register): %s", exc)
+        if not registered:
+            try:
+                await self.connmap.register(conn.user_id, conn.id)
+            except Exception as exc:
+                self._map_dirty = True
+                log.warning("redis register failed (will re-register): %s", exc)
         rooms = await self._load_user_rooms(conn.user_id, force=conn.user_id not in self.user_rooms)
         if self.presence is not None:
             # after the rooms are known: an `online` announcement names them without asking
@@ -229,10 +290,7 @@ class Hub:
             if not feed.members:
                 await self._drop_feed(feed)
         if not self.stopping:
-            try:
-                await self.connmap.unregister(conn.user_id, conn.id)
-            except Exception as exc:
-                log.warning("redis unregister failed: %s", exc)
+            await self._unregister(conn.user_id, conn.id)
             if self.presence is not None and conn.user_id not in self.by_user:
                 self.presence.disconnected(conn.user_id, rooms_left)
 

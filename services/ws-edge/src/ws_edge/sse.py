@@ -89,15 +89,18 @@ async def _room_space(conn: Connection) -> None:
         await asyncio.sleep(0.01)
 
 
-async def open_stream(hub: Hub, conn: SseConnection, position: dict[str, Spans] | None) -> None:
-    """Attach the stream to the hub and bring it to the live edge (see the module docstring)."""
+async def open_stream(
+    hub: Hub, conn: SseConnection, position: dict[str, Spans] | None, registered: bool = False
+) -> None:
+    """Attach the stream to the hub and bring it to the live edge (see the module docstring);
+    `registered`: the connection map has it already (`Hub.admit`)."""
     rooms = set(await hub.bus.user_rooms(conn.user_id))
     for room_id in rooms:
         view = conn.view(room_id)
         view.syncing = True
         for lo, hi in (position or {}).get(room_id, []):
             view.sent.add_range(lo, hi)
-    await hub.attach(conn)
+    await hub.attach(conn, registered=registered)
     joined = set(conn.rooms) - rooms
     for room_id in joined:
         conn.view(room_id).syncing = True

@@ -41,6 +41,30 @@ def _epoch_key(node: str) -> str:
 WARMING_KEY = "chat:map:warming"
 
 
+# KEYS[1]: the user's conns hash. ARGV: connection id, node, limit. Counts the user's
+# connections on live nodes and registers this one only if that count is under the limit, in
+# one atomic step: concurrent handshakes of one user (on any nodes) cannot all pass a count
+# taken before any of them registered. Returns 1 (registered) or 0 (refused).
+RESERVE_SCRIPT = """
+local entries = redis.call('HGETALL', KEYS[1])
+local alive, live = {}, 0
+for i = 2, #entries, 2 do
+  local node = entries[i]
+  if alive[node] == nil then
+    alive[node] = redis.call('EXISTS', 'chat:node:' .. node .. ':alive') == 1
+  end
+  if alive[node] then
+    live = live + 1
+  end
+end
+if live >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 class MapNotReady(RuntimeError):
     """The map may be incomplete (Redis restarted, not every node re-registered yet)."""
 
@@ -50,7 +74,7 @@ class ConnectionMap(Protocol):
     async def unregister(self, user_id: str, conn_id: str) -> None: ...
     async def heartbeat(self, local: Mapping[str, str]) -> None: ...
     async def nodes_of(self, user_ids: list[str]) -> dict[str, list[str]]: ...
-    async def count(self, user_id: str) -> int: ...
+    async def reserve(self, user_id: str, conn_id: str, limit: int) -> bool: ...
 
 
 class RedisConnectionMap:
@@ -64,6 +88,7 @@ class RedisConnectionMap:
         # heartbeat often: a Redis restart is noticed and repaired within about a second
         self.interval = min(1.0, ttl_seconds / 3)
         self.run_id: str | None = None
+        self._reserve = redis.register_script(RESERVE_SCRIPT)
 
     async def register(self, user_id: str, conn_id: str) -> None:
         await self.redis.hset(_conns_key(user_id), conn_id, self.node)
@@ -71,10 +96,11 @@ class RedisConnectionMap:
     async def unregister(self, user_id: str, conn_id: str) -> None:
         await self.redis.hdel(_conns_key(user_id), conn_id)
 
-    async def count(self, user_id: str) -> int:
-        entries = await self.redis.hgetall(_conns_key(user_id))
-        alive = await self._alive_nodes({str(n) for n in entries.values()})
-        return sum(1 for node in entries.values() if str(node) in alive)
+    async def reserve(self, user_id: str, conn_id: str, limit: int) -> bool:
+        """Register `conn_id` if the user has fewer than `limit` connections on live nodes
+        (RESERVE_SCRIPT: counted and registered atomically); False when at the limit."""
+        result = await self._reserve(keys=[_conns_key(user_id)], args=[conn_id, self.node, limit])
+        return int(result) == 1
 
     async def heartbeat(self, local: Mapping[str, str]) -> None:
         """Refresh liveness; re-register local connections (conn -> user) if Redis lost them.

@@ -23,7 +23,7 @@ from contracts.errors import ChatError, ErrorBody, ErrorCode
 from infra.auth import Claims, bearer_token
 from ws_edge.domain.limits import AbuseMeter, TokenBucket
 from ws_edge.domain.position import Spans, decode_position
-from ws_edge.hub import Hub
+from ws_edge.hub import Admission, Hub
 from ws_edge.settings import Settings
 from ws_edge.sse import SseConnection, open_stream
 
@@ -55,7 +55,6 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ended = asyncio.Event()
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
 
         async def write(text: str) -> None:
             await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
@@ -74,6 +73,19 @@ class EventStream(Response):
             TokenBucket(settings.rate_burst, settings.rate_per_second, time.monotonic()),
             AbuseMeter(settings.abuse_refusals, settings.abuse_window_seconds),
         )
+        # the user's connection limit, taken here where the stream's end is sure to give it
+        # back (see Hub.admit: counted and registered in one step)
+        hub = self.hub
+        admission = await hub.admit(conn.user_id, conn.id, settings.max_connections_per_user)
+        if admission is Admission.REFUSED:
+            refused = _error(429, ErrorCode.RATE_LIMITED, "too many connections for this user")
+            await refused(scope, receive, send)
+            return
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        except BaseException:
+            await hub.withdraw(conn.user_id, conn.id)
+            raise
         conn.push_comment(f"stream of {conn.user_id}\nretry: {RETRY_MS}")
 
         async def watch_disconnect() -> None:
@@ -90,14 +102,15 @@ class EventStream(Response):
 
         helpers = [asyncio.create_task(watch_disconnect()), asyncio.create_task(heartbeat())]
         try:
-            await open_stream(self.hub, conn, self.position)
+            await open_stream(hub, conn, self.position, admission is Admission.REGISTERED)
             await ended.wait()
         except Exception:
             log.exception("event stream failed")
         finally:
             for task in helpers:
                 task.cancel()
-            await self.hub.detach(conn)
+            hub.release(conn.user_id)
+            await hub.detach(conn)
             if conn.writer is not None:
                 conn.writer.cancel()
             with contextlib.suppress(Exception):
@@ -144,8 +157,6 @@ async def events(request: Request) -> Response:
         claims = hub.tokens.verify(token)
     except ChatError as exc:
         return _error(401, exc.code, exc.message)
-    if len(hub.by_user.get(claims.user_id, ())) >= settings.max_connections_per_user:
-        return _error(429, ErrorCode.RATE_LIMITED, "too many connections for this user")
     last = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
     position = decode_position(last) if last else None
     if last and position is None:

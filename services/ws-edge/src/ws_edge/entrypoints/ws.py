@@ -19,11 +19,11 @@ from ws_edge.adapters.direct_ws import (
     release_handshake,
     server_protocol,
 )
-from ws_edge.connection import Connection, WriteFrame
+from ws_edge.connection import Connection, WriteFrame, new_connection_id
 from ws_edge.domain.frames import error_frame, parse_client_frame
 from ws_edge.domain.limits import AbuseMeter, TokenBucket, UserBuckets
 from ws_edge.domain.origin import origin_allowed
-from ws_edge.hub import Hub, encode
+from ws_edge.hub import Admission, Hub, encode
 from ws_edge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,16 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     except ChatError as exc:
         await _deny(websocket, 401, exc.code, exc.message)
         return
-    if await _connections_of(hub, claims.user_id) >= settings.max_connections_per_user:
+    conn_id = new_connection_id()
+    admission = await hub.admit(claims.user_id, conn_id, settings.max_connections_per_user)
+    if admission is Admission.REFUSED:
         await _deny(websocket, 429, ErrorCode.RATE_LIMITED, "too many connections for this user")
         return
-    await websocket.accept()
+    try:
+        await websocket.accept()
+    except BaseException:
+        await hub.withdraw(claims.user_id, conn_id)
+        raise
     release_handshake(websocket)
     now = time.monotonic()
     user_buckets: UserBuckets = websocket.app.state.user_buckets
@@ -87,9 +93,10 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         TokenBucket(settings.rate_burst, settings.rate_per_second, now),
         AbuseMeter(settings.abuse_refusals, settings.abuse_window_seconds),
         _direct_writer(websocket, settings),
+        conn_id,
     )
     try:
-        await hub.attach(conn)
+        await hub.attach(conn, registered=admission is Admission.REGISTERED)
         await _read_loop(websocket, hub, conn, settings, user_bucket)
     except WebSocketDisconnect:
         pass
@@ -98,6 +105,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         conn.close_soon(1011, "internal error")
     finally:
         user_buckets.release(claims.user_id)
+        hub.release(claims.user_id)
         await hub.detach(conn)
         if conn.writer is not None and conn.close_code is None:
             conn.writer.cancel()
@@ -149,16 +157,6 @@ def _abort_transport(websocket: WebSocket) -> None:
         abort()
     else:
         log.warning("cannot abort a stuck connection on this server")
-
-
-async def _connections_of(hub: Hub, user_id: str) -> int:
-    """The user's live connections on every node (Redis map; this node's count if it fails)."""
-    local = len(hub.by_user.get(user_id, ()))
-    try:
-        return max(local, await hub.connmap.count(user_id))
-    except Exception as exc:
-        log.warning("connection count unavailable, using this node's: %s", exc)
-        return local
 
 
 def _refuse(conn: Connection, frame: ErrorFrame, now: float) -> None:
