@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -242,11 +242,15 @@ class Hub:
         except Exception as exc:
             log.warning("redis unregister failed: %s", exc)
 
-    async def attach(self, conn: Connection, registered: bool = False) -> None:
+    async def attach(
+        self, conn: Connection, registered: bool = False, rooms_read: Collection[str] | None = None
+    ) -> None:
         """Register a new connection, learn its user's rooms and subscribe their feeds.
 
         Registration in Redis (done by `admit` when `registered`) comes before the room list
         is read, so a room created meanwhile is either in the list or routed to this node.
+        `rooms_read`: the user's rooms as the caller has just read them from rooms (after the
+        registration), used instead of asking again.
         """
         self.conns[conn.id] = conn
         self.by_user.setdefault(conn.user_id, set()).add(conn)
@@ -256,7 +260,12 @@ class Hub:
             except Exception as exc:
                 self._map_dirty = True
                 log.warning("redis register failed (will re-register): %s", exc)
-        rooms = await self._load_user_rooms(conn.user_id, force=conn.user_id not in self.user_rooms)
+        if rooms_read is not None:
+            rooms = self.user_rooms.setdefault(conn.user_id, set())
+            rooms.update(rooms_read)
+        else:
+            force = conn.user_id not in self.user_rooms
+            rooms = await self._load_user_rooms(conn.user_id, force=force)
         if self.presence is not None:
             # after the rooms are known: an `online` announcement names them without asking
             # rooms a second time per connect

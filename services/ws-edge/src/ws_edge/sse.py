@@ -100,7 +100,7 @@ async def open_stream(
         view.syncing = True
         for lo, hi in (position or {}).get(room_id, []):
             view.sent.add_range(lo, hi)
-    await hub.attach(conn, registered=registered)
+    await hub.attach(conn, registered=registered, rooms_read=rooms)
     joined = set(conn.rooms) - rooms
     for room_id in joined:
         conn.view(room_id).syncing = True
