@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from contracts.bus import HistoryRangeQuery, HistoryRangeReply, RoomRange
 from contracts.rest import Message
-from infra.auth import Claims, TokenService
+from infra.auth import TokenService
 from ws_edge.connection import Connection
 from ws_edge.domain.delivery import RoomOrder
-from ws_edge.domain.limits import AbuseMeter, TokenBucket
 from ws_edge.hub import Hub, RoomFeed
 from ws_edge.settings import Settings
+
+# the `make_connection` fixture (conftest.py)
+MakeConnection = Callable[..., tuple[Connection, list[str]]]
 
 
 def _msg(seq: int) -> Message:
@@ -43,22 +46,12 @@ class FakeBus:
         return HistoryRangeReply(rooms=rooms)
 
 
-async def test_catch_up_releases_missed_messages_in_order() -> None:
+async def test_catch_up_releases_missed_messages_in_order(make_connection: MakeConnection) -> None:
     """A feed at seq 2 whose room got 3 and 4 during an outage gets them, in order, once."""
     bus = FakeBus([_msg(1), _msg(2), _msg(3), _msg(4)])
     tokens = TokenService("k" * 40, "chat", 3600, 0)
     hub = Hub(Settings(), bus, None, tokens)  # type: ignore[arg-type]
-    sent: list[str] = []
-
-    async def send(text: str) -> None:
-        sent.append(text)
-
-    async def close(code: int, reason: str) -> None:
-        return None
-
-    conn = Connection(
-        Claims("u", 1e12, "t"), send, close, 16, TokenBucket(10, 1, 0), AbuseMeter(10, 1)
-    )
+    conn, sent = make_connection()
     feed = RoomFeed("room_q", RoomOrder(delivered=2))
     feed.members.add(conn)
     conn.view("room_q").sent.add_range(1, 2)

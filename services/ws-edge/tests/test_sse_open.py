@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 from contracts.bus import HistoryRangeQuery, HistoryRangeReply, RoomRange
-from infra.auth import Claims, TokenService
-from ws_edge.domain.limits import AbuseMeter, TokenBucket
+from infra.auth import TokenService
+from ws_edge.connection import Connection
 from ws_edge.hub import Hub
 from ws_edge.settings import Settings
 from ws_edge.sse import SseConnection, open_stream
+
+# the `make_connection` fixture (conftest.py)
+MakeConnection = Callable[..., tuple[Connection, list[str]]]
 
 
 class FakeBus:
@@ -38,23 +42,15 @@ class FakeBus:
         return HistoryRangeReply(rooms={r: RoomRange(messages=[], latest=0) for r in query.rooms})
 
 
-async def test_a_new_stream_asks_rooms_once() -> None:
+async def test_a_new_stream_asks_rooms_once(make_connection: MakeConnection) -> None:
     """The stream reads the user's rooms (to hold their frames until replayed) and the hub
     takes that list instead of asking rooms again; both rooms' feeds are subscribed and the
     stream ends its opening with `synced`."""
     bus = FakeBus(["r1", "r2"])
     hub = Hub(Settings(), bus, SimpleNamespace(), TokenService("k" * 40, "chat", 3600, 0))  # type: ignore[arg-type]
-    sent: list[str] = []
-
-    async def write(text: str) -> None:
-        sent.append(text)
-
-    async def close(code: int, reason: str) -> None:
-        return None
-
-    conn = SseConnection(
-        Claims("u", 1e12, "t"), write, close, 16, TokenBucket(10, 1, 0), AbuseMeter(10, 1)
-    )
+    made, sent = make_connection(SseConnection)
+    assert isinstance(made, SseConnection)
+    conn = made
     try:
         await open_stream(hub, conn, None, registered=True)
         assert bus.asked == ["u"]
