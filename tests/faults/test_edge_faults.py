@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+import redis.asyncio as aioredis
 from faultkit import (
     ChatUser,
     FaultMesh,
@@ -94,11 +95,17 @@ async def test_sigterm_edge_node_under_traffic(fault_mesh: list[FaultMesh]) -> N
     await _edge_fault(fault_mesh, graceful=True)
 
 
-async def test_users_of_a_killed_node_are_announced_offline(fault_mesh: list[FaultMesh]) -> None:
+@pytest.mark.parametrize("restart", [False, True], ids=["killed", "killed-and-restarted"])
+async def test_users_of_a_killed_node_are_announced_offline(
+    fault_mesh: list[FaultMesh], restart: bool
+) -> None:
     """kill -9 node a while alice is connected only there (her client knows no other node):
     nothing on node a can say she left, so the sweep on node b finds her without a connection
     on a live node once a's liveness key expires, and after the grace period announces her
-    offline to bob, who shares a room with her; carol, on node b, stays online."""
+    offline to bob, who shares a room with her; carol, on node b, stays online; her former
+    connection no longer counts in the map. With `restart`, node a is started again at once
+    under the same node id (as a supervisor does): the new process's liveness must not keep
+    the old process's connections alive (the map's entries name the process, not the id)."""
     mesh = await FaultMesh().up()
     fault_mesh.append(mesh)
     alice_user = await new_user(mesh, "alice")
@@ -110,13 +117,27 @@ async def test_users_of_a_killed_node_are_announced_offline(fault_mesh: list[Fau
         await shared_room(bob, [alice, carol])
         await asyncio.to_thread(mesh.services["edge-a"].kill)
         killed = time.monotonic()
+        if restart:
+            await asyncio.to_thread(mesh.start_service, "edge-a", "ws_edge", CHAT_NODE_ID="a")
         # node TTL (15 s) + a sweep interval and the grace period (5 s each), with margin
         await bounded(
             "alice announced offline to bob",
             lambda: (alice.user_id, False) in bob.presence,
             60,
         )
-        print(f"[faults] alice announced offline {time.monotonic() - killed:.1f}s after kill -9")
+        print(
+            f"[faults] alice announced offline {time.monotonic() - killed:.1f}s after kill -9"
+            + (" and an immediate restart of her node" if restart else "")
+        )
+        redis = aioredis.from_url(mesh.infra.redis_url)
+        try:
+            entries = await redis.hgetall(f"chat:conns:{alice.user_id}")
+            live = [
+                m for m in entries.values() if await redis.exists(f"chat:node:{m.decode()}:alive")
+            ]
+            assert live == [], entries
+        finally:
+            await redis.aclose()
         assert (carol.user_id, False) not in bob.presence
         assert (bob.user_id, False) not in carol.presence
     except BaseException:

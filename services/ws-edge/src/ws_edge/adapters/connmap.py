@@ -1,9 +1,14 @@
 """The Redis connection map: user -> {connection id: node}, with node liveness.
 
 Keys (Redis 6.2 commands only):
-- `chat:conns:<userId>`  hash, field = connection id, value = node id
-- `chat:node:<nodeId>:alive`  string with a TTL, refreshed by the node's heartbeat; a dead
-  node's entries stop counting once it expires (and are removed lazily)
+- `chat:conns:<userId>`  hash, field = connection id, value = `<nodeId>~<incarnation>`: the
+  node id and a random id of the node's process (its incarnation)
+- `chat:node:<nodeId>~<incarnation>:alive`  string with a TTL, refreshed by the process's
+  heartbeat; a dead node's entries stop counting once it expires (and are removed lazily).
+  Why per incarnation: a node that crashes and is restarted at once (same node id) keeps its
+  id's liveness alive, so entries keyed by the id alone would stay live for good: its former
+  connections would count against their users' limits and show them online forever. Keyed
+  by the incarnation, a crashed process is a dead node like any other.
 - `chat:node:<nodeId>:epoch`  the node's registration epoch: when it is missing (Redis lost
   its data), the node re-registers every local connection
 - `chat:map:warming`  set (TTL: two and a half heartbeat intervals) by the first node that sees
@@ -30,8 +35,13 @@ def _conns_key(user_id: str) -> str:
     return f"chat:conns:{user_id}"
 
 
-def _alive_key(node: str) -> str:
-    return f"chat:node:{node}:alive"
+def _alive_key(member: str) -> str:
+    return f"chat:node:{member}:alive"
+
+
+def node_of(member: str) -> str:
+    """The node id of a map entry's value (`<nodeId>~<incarnation>`; node ids have no `~`)."""
+    return member.split("~", 1)[0]
 
 
 def _epoch_key(node: str) -> str:
@@ -41,10 +51,10 @@ def _epoch_key(node: str) -> str:
 WARMING_KEY = "chat:map:warming"
 
 
-# KEYS[1]: the user's conns hash. ARGV: connection id, node, limit. Counts the user's
-# connections on live nodes and registers this one only if that count is under the limit, in
-# one atomic step: concurrent handshakes of one user (on any nodes) cannot all pass a count
-# taken before any of them registered. Returns 1 (registered) or 0 (refused).
+# KEYS[1]: the user's conns hash. ARGV: connection id, entry value (node~incarnation), limit.
+# Counts the user's connections on live nodes and registers this one only if that count is
+# under the limit, in one atomic step: concurrent handshakes of one user (on any nodes) cannot
+# all pass a count taken before any of them registered. Returns 1 (registered) or 0 (refused).
 RESERVE_SCRIPT = """
 local entries = redis.call('HGETALL', KEYS[1])
 local alive, live = {}, 0
@@ -83,6 +93,8 @@ class RedisConnectionMap:
     def __init__(self, redis: aioredis.Redis, node: str, ttl_seconds: int) -> None:
         self.redis = redis
         self.node = node
+        # what this process writes as its entries' value, and whose liveness it keeps
+        self.member = f"{node}~{secrets.token_hex(6)}"
         self.ttl = ttl_seconds
         self.epoch = secrets.token_hex(8)
         # heartbeat often: a Redis restart is noticed and repaired within about a second
@@ -91,7 +103,7 @@ class RedisConnectionMap:
         self._reserve = redis.register_script(RESERVE_SCRIPT)
 
     async def register(self, user_id: str, conn_id: str) -> None:
-        await self.redis.hset(_conns_key(user_id), conn_id, self.node)
+        await self.redis.hset(_conns_key(user_id), conn_id, self.member)
 
     async def unregister(self, user_id: str, conn_id: str) -> None:
         await self.redis.hdel(_conns_key(user_id), conn_id)
@@ -99,7 +111,7 @@ class RedisConnectionMap:
     async def reserve(self, user_id: str, conn_id: str, limit: int) -> bool:
         """Register `conn_id` if the user has fewer than `limit` connections on live nodes
         (RESERVE_SCRIPT: counted and registered atomically); False when at the limit."""
-        result = await self._reserve(keys=[_conns_key(user_id)], args=[conn_id, self.node, limit])
+        result = await self._reserve(keys=[_conns_key(user_id)], args=[conn_id, self.member, limit])
         return int(result) == 1
 
     async def heartbeat(self, local: Mapping[str, str]) -> None:
@@ -107,7 +119,7 @@ class RedisConnectionMap:
 
         `local` is read only when re-registering (a view is enough: no copy every second)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(_alive_key(self.node), "1", ex=self.ttl)
+        pipe.set(_alive_key(self.member), "1", ex=self.ttl)
         pipe.get(_epoch_key(self.node))
         pipe.info("server")
         _, epoch, info = await pipe.execute()
@@ -122,7 +134,7 @@ class RedisConnectionMap:
             if local:
                 pipe = self.redis.pipeline(transaction=False)
                 for conn_id, user_id in local.items():
-                    pipe.hset(_conns_key(user_id), conn_id, self.node)
+                    pipe.hset(_conns_key(user_id), conn_id, self.member)
                 await pipe.execute()
             await self.redis.set(_epoch_key(self.node), self.epoch)
             log.info("registered %d local connections in redis", len(local))
@@ -147,15 +159,18 @@ class RedisConnectionMap:
         epoch, warming, *results = await pipe.execute()
         if epoch != self.epoch or warming:
             raise MapNotReady("connection map is being rebuilt after a Redis restart")
-        by_node: dict[str, set[str]] = {}
+        by_member: dict[str, set[str]] = {}
         for user_id, entries in zip(user_ids, results, strict=True):
-            for node in entries.values():
-                by_node.setdefault(node, set()).add(user_id)
-        alive = await self._alive_nodes(set(by_node))
-        dead = set(by_node) - alive
+            for member in entries.values():
+                by_member.setdefault(member, set()).add(user_id)
+        alive = await self._alive_nodes(set(by_member))
+        dead = set(by_member) - alive
         if dead:
             await self._forget_dead(user_ids, results, dead)
-        return {node: sorted(users) for node, users in by_node.items() if node in alive}
+        by_node: dict[str, set[str]] = {}
+        for member in alive:
+            by_node.setdefault(node_of(member), set()).update(by_member[member])
+        return {node: sorted(users) for node, users in by_node.items()}
 
     async def _forget_dead(
         self, user_ids: list[str], results: list[dict[str, str]], dead: set[str]
@@ -172,5 +187,5 @@ class RedisConnectionMap:
         pipe = self.redis.pipeline(transaction=False)
         for conn_id, user_id in local.items():
             pipe.hdel(_conns_key(user_id), conn_id)
-        pipe.delete(_alive_key(self.node), _epoch_key(self.node))
+        pipe.delete(_alive_key(self.member), _epoch_key(self.node))
         await pipe.execute()
