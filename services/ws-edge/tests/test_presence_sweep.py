@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from mesh.testing import Infra
 from ws_edge import presence
+from ws_edge.adapters.connmap import MEMBERS_KEY, RedisConnectionMap, users_key
 from ws_edge.presence import ONLINE_KEY, Presence
 
 pytestmark = pytest.mark.integration
@@ -27,9 +28,11 @@ def cache(infra: Infra) -> Iterator[Infra]:
 
 
 class Announcements:
-    """What a Presence would send on the bus (the part of the hub it uses in a sweep)."""
+    """What a Presence would send on the bus (the part of the hub it uses), with this node's
+    real connection map."""
 
-    def __init__(self) -> None:
+    def __init__(self, connmap: RedisConnectionMap) -> None:
+        self.connmap = connmap
         self.offline: list[str] = []
         self.online: list[str] = []
         self.asked: list[str] = []  # user_rooms queries (each one a rooms query and a store read)
@@ -47,100 +50,134 @@ class Announcements:
             self.online.append(payload.decode())
 
 
-def test_sweep_announces_users_of_dead_nodes_in_batches(
+def test_sweep_announces_users_of_dead_processes_in_batches(
     cache: Infra, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """1,203 announced users: 1,000 whose only connection is on a node with no liveness key,
-    200 with a connection on a live node, 3 connected on the sweeping node itself. The first
-    sweep marks the 1,000 gone (grace period starts), the second, after the grace period,
-    announces exactly those 1,000 offline; each sweep checks the 1,200 not connected here in
-    batches of at most 64, one script call each; the live ones stay online."""
+    """1,000 users registered only by a process that died (no liveness), 10 more of it that
+    have moved to a live process, 200 on a live process, 3 on the sweeping process itself; all
+    announced online. The first sweep marks the 1,000 gone (grace period starts), the second,
+    after the grace period, announces exactly those 1,000 offline. A sweep reads only the dead
+    process's users (1,010, in batches of at most 64, one script call each), never those of
+    live processes; once all of them are settled the dead process is forgotten."""
     monkeypatch.setattr(presence, "SWEEP_BATCH", 64)
     batches: list[int] = []
+    checked: list[set[str]] = [set(), set()]  # the users each sweep checked
     check_batch = Presence._check_batch
 
-    async def counted(self: Presence, user_ids: list[str]) -> None:
+    async def counted(self: Presence, users: str, user_ids: list[str]) -> None:
         batches.append(len(user_ids))
-        await check_batch(self, user_ids)
+        checked[1 if sweeps else 0].update(user_ids)
+        await check_batch(self, users, user_ids)
 
     monkeypatch.setattr(Presence, "_check_batch", counted)
+    sweeps: list[int] = []
 
     async def run() -> dict[str, Any]:
-        redis = aioredis.from_url(cache.redis_url)
+        redis = aioredis.from_url(cache.redis_url, decode_responses=True)  # as infra.cache
         try:
             await redis.flushdb()
+            dead_process = RedisConnectionMap(redis, "x", ttl_seconds=15)  # never beats
+            live_process = RedisConnectionMap(redis, "y", ttl_seconds=15)
+            sweeping = RedisConnectionMap(redis, "z", ttl_seconds=15)
+            await live_process.heartbeat({})
+            await sweeping.heartbeat({})
             dead = [f"user_dead_{i}" for i in range(1000)]
+            moved = [f"user_moved_{i}" for i in range(10)]
             live = [f"user_live_{i}" for i in range(200)]
             local = [f"user_local_{i}" for i in range(3)]
-            await redis.sadd(ONLINE_KEY, *dead, *live, *local)
-            await redis.set("chat:node:alive-node:alive", "1")
-            for user in dead:
-                await redis.hset(f"chat:conns:{user}", "conn-x", "dead-node")
-            for user in live:
-                await redis.hset(f"chat:conns:{user}", "conn-y", "alive-node")
-            hub = Announcements()
+            for user in dead + moved:
+                await dead_process.register(user, f"c-{user}")
+            for user in moved + live:
+                await live_process.register(user, f"c2-{user}")
+            for user in local:
+                await sweeping.register(user, f"c3-{user}")
+            await redis.sadd(ONLINE_KEY, *dead, *moved, *live, *local)
+            hub = Announcements(sweeping)
             hub.by_user = {user: {"conn"} for user in local}
             sweeper = Presence(hub, redis, grace_seconds=0.2)  # type: ignore[arg-type]
             await redis.config_resetstat()
             await sweeper._sweep()
             first = list(hub.offline)
+            sweeps.append(1)
             await asyncio.sleep(0.3)
             await sweeper._sweep()
             stats = await redis.info("commandstats")
-            still_online = {m.decode() for m in await redis.smembers(ONLINE_KEY)}
             return {
                 "first": first,
                 "offline": hub.offline,
-                "online": still_online,
+                "online": set(await redis.smembers(ONLINE_KEY)),
                 "script_calls": sum(
                     int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
                     for name in ("evalsha", "eval")
                 ),
+                "dead_users_left": await redis.scard(users_key(dead_process.member)),
+                "members": set(await redis.smembers(MEMBERS_KEY)),
+                "live_members": {live_process.member, sweeping.member},
             }
         finally:
             await redis.aclose()
 
     seen = asyncio.run(run())
     assert seen["first"] == []  # within the grace period: nobody yet
-    assert sum(batches) == 2 * 1200
+    # first sweep: all 1,010; second: the 1,000 still in their grace period (moved settled);
+    # SSCAN may return a user twice while the sweep removes others (a second check is harmless)
+    assert checked[0] == {f"user_dead_{i}" for i in range(1000)} | {
+        f"user_moved_{i}" for i in range(10)
+    }
+    assert checked[1] == {f"user_dead_{i}" for i in range(1000)}
+    assert sum(batches) < 2 * 2010
     assert max(batches) <= 64
-    assert len(batches) <= 2 * (1200 // 64 + 1)
-    # one script call per batch (a call per user made 2,400), plus the first call's load
+    # one script call per batch (a call per user made one per user), plus the first's load
     assert seen["script_calls"] <= len(batches) + 2
     announced = sorted(s.split('"userId":"')[1].split('"')[0] for s in seen["offline"])
     assert announced == sorted(f"user_dead_{i}" for i in range(1000))
-    assert seen["online"] == {f"user_live_{i}" for i in range(200)} | {
-        f"user_local_{i}" for i in range(3)
-    }
+    assert seen["online"] == (
+        {f"user_moved_{i}" for i in range(10)}
+        | {f"user_live_{i}" for i in range(200)}
+        | {f"user_local_{i}" for i in range(3)}
+    )
+    assert seen["dead_users_left"] == 0
+    assert seen["members"] == seen["live_members"]  # the dead process is forgotten
 
 
 def test_leaving_users_are_announced_with_the_rooms_the_node_knew(cache: Infra) -> None:
     """The last connection of a user closes on this node: after the grace period the offline
     change goes out with the rooms the node knew, without asking rooms for them (a crowd
     leaving at once made one rooms query each); a user whose rooms the node did not know is
-    still looked up; one who shares no room is marked offline without an event (nobody to tell)."""
+    still looked up; one who shares no room is marked offline without an event (nobody to tell).
+    Once a user's last check is made the node's process forgets them (a sweep after a crash
+    of it need not check them), unless they connected to it again meanwhile."""
 
-    async def run() -> tuple[Announcements, int]:
-        redis = aioredis.from_url(cache.redis_url)
+    async def run() -> tuple[Announcements, int, set[str]]:
+        redis = aioredis.from_url(cache.redis_url, decode_responses=True)  # as infra.cache
         try:
             await redis.flushdb()
+            connmap = RedisConnectionMap(redis, "a", ttl_seconds=15)
+            await connmap.heartbeat({})
             users = [f"user_leaving_{i}" for i in range(50)]
-            await redis.sadd(ONLINE_KEY, *users, "user_unknown_rooms", "user_without_rooms")
-            hub = Announcements()
+            everyone = [*users, "user_unknown_rooms", "user_without_rooms", "user_back"]
+            for user in everyone:
+                await connmap.register(user, f"c-{user}")
+                await connmap.unregister(user, f"c-{user}")
+            await redis.sadd(ONLINE_KEY, *everyone)
+            hub = Announcements(connmap)
             node = Presence(hub, redis, grace_seconds=0.2)  # type: ignore[arg-type]
             for user in users:
                 node.disconnected(user, {"room_b", "room_a"})
             node.disconnected("user_unknown_rooms")
             node.disconnected("user_without_rooms", set())
+            node.disconnected("user_back", set())
+            await connmap.register("user_back", "c-again")  # back before the grace period ends
             for _ in range(100):
                 await asyncio.sleep(0.05)
-                if len(hub.offline) == 51 and not node._tasks:
+                if len(hub.offline) == 51 and not node._tasks and not node._checks:
                     break
-            return hub, await redis.sismember(ONLINE_KEY, "user_without_rooms")
+            kept = set(await redis.smembers(users_key(connmap.member)))
+            return hub, await redis.sismember(ONLINE_KEY, "user_without_rooms"), kept
         finally:
             await redis.aclose()
 
-    hub, still_online = asyncio.run(run())
+    hub, still_online, kept = asyncio.run(run())
     assert hub.asked == ["user_unknown_rooms"]
     by_user = {json.loads(s)["userId"]: json.loads(s)["roomIds"] for s in hub.offline}
     assert len(hub.offline) == 51
@@ -148,6 +185,7 @@ def test_leaving_users_are_announced_with_the_rooms_the_node_knew(cache: Infra) 
     assert by_user["user_unknown_rooms"] == ["room_1"]
     assert "user_without_rooms" not in by_user
     assert still_online == 0  # its announced state changed all the same
+    assert kept == {"user_back"}  # the others are forgotten by the node's process
 
 
 def test_arriving_users_are_announced_with_the_rooms_the_hub_loaded(cache: Infra) -> None:
@@ -156,10 +194,10 @@ def test_arriving_users_are_announced_with_the_rooms_the_hub_loaded(cache: Infra
     online announces nothing; a caller that knows no rooms still has them looked up."""
 
     async def run() -> Announcements:
-        redis = aioredis.from_url(cache.redis_url)
+        redis = aioredis.from_url(cache.redis_url, decode_responses=True)  # as infra.cache
         try:
             await redis.flushdb()
-            hub = Announcements()
+            hub = Announcements(RedisConnectionMap(redis, "a", ttl_seconds=15))
             node = Presence(hub, redis, grace_seconds=5)  # type: ignore[arg-type]
             for i in range(50):
                 node.connected(f"user_arriving_{i}", {"room_b", "room_a"})

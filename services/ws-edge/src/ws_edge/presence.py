@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from contracts import subjects
 from contracts.bus import PresenceChanged
 from contracts.ws import PresenceFrame
+from ws_edge.adapters.connmap import MEMBERS_KEY, users_key
 
 if TYPE_CHECKING:
     from ws_edge.hub import Hub
@@ -82,17 +83,24 @@ OFFLINE_SCRIPT = (
     + "return check(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))"
 )
 
-# A sweep's batch in one call. KEYS: online set, gone hash, then each user's conns hash.
-# ARGV: now ms, grace ms, then the users (in the order of their keys). Returns the users now
-# offline. Why one call per batch: a call per user cost the sweeping node a command's worth of
-# client work per online user of the other nodes every grace period.
+# A sweep's batch of a dead process's users in one call. KEYS: online set, gone hash, the
+# process's users set, then each user's conns hash. ARGV: now ms, grace ms, then the users (in
+# the order of their keys). A user whose check is settled (online elsewhere, or now offline)
+# leaves the process's users set; one still within the grace period stays for the next sweep.
+# Returns the users now offline. Why one call per batch: a call per user cost the sweeping
+# node a command's worth of client work per user every grace period.
 SWEEP_SCRIPT = (
     _CHECK_LUA
     + """
 local now, grace, offline = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
-for i = 3, #KEYS do
-  if check(KEYS[i], KEYS[1], KEYS[2], ARGV[i], now, grace) == 1 then
-    offline[#offline + 1] = ARGV[i]
+for i = 4, #KEYS do
+  local user = ARGV[i - 1]
+  local result = check(KEYS[i], KEYS[1], KEYS[2], user, now, grace)
+  if result ~= -1 then
+    redis.call('SREM', KEYS[3], user)
+  end
+  if result == 1 then
+    offline[#offline + 1] = user
   end
 end
 return offline
@@ -209,6 +217,9 @@ class Presence:
         try:
             if await self._run_script(user_id) == 1:
                 await self._announce(user_id, online=False, rooms=rooms)
+            if final and user_id not in self.hub.by_user:
+                # settled here: a sweep of this process (after a crash) need not check them
+                await self.hub.connmap.forget(user_id)
         except Exception as exc:
             log.warning("presence (offline check) failed for %s: %s", user_id, exc)
 
@@ -262,28 +273,34 @@ class Presence:
                 log.warning("presence sweep failed: %s", exc)
 
     async def _sweep(self) -> None:
-        """Check every announced user without a connection here, SWEEP_BATCH per round trip.
+        """Check the users of every dead process (crashed, or stopped with users still in its
+        grace period), SWEEP_BATCH per script call; forget a process once all its users are
+        settled.
 
-        Why batched: one script call per user made the sweeping node wait for a Redis round
-        trip per online user of the other nodes every grace period (10,000 of them at 20,000
-        users over two nodes)."""
-        local = set(self.hub.by_user)
-        batch: list[str] = []
-        async for raw in self.redis.sscan_iter(ONLINE_KEY, count=SWEEP_BATCH):
-            user_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if user_id not in local:
-                batch.append(user_id)
-            if len(batch) >= SWEEP_BATCH:
-                await self._check_batch(batch)
-                batch = []
-        if batch:
-            await self._check_batch(batch)
+        Why only those: a user whose connections are all on live processes is online, and a
+        user who left a live process is checked by that process itself (at once and after the
+        grace period). Checking everyone announced online cost Redis a check per online user
+        every grace period (2,000 a second at 20,000 users online). SSCAN may return a user
+        twice while the script removes others from the set: a second check changes nothing."""
+        for member in await self.hub.connmap.dead_members():
+            users = users_key(member)
+            batch: list[str] = []
+            async for raw in self.redis.sscan_iter(users, count=SWEEP_BATCH):
+                batch.append(raw.decode() if isinstance(raw, bytes) else str(raw))
+                if len(batch) >= SWEEP_BATCH:
+                    await self._check_batch(users, batch)
+                    batch = []
+            if batch:
+                await self._check_batch(users, batch)
+            if not await self.redis.exists(users):  # every user settled: nothing left of it
+                await self.redis.srem(MEMBERS_KEY, member)
 
-    async def _check_batch(self, user_ids: list[str]) -> None:
-        """The offline check of each user, in one Redis call; announces those now offline."""
+    async def _check_batch(self, users: str, user_ids: list[str]) -> None:
+        """The offline check of each user of the users set `users`, in one Redis call;
+        announces those now offline."""
         now_ms = int(time.time() * 1000)
         offline = await self._sweep_script(
-            keys=[ONLINE_KEY, GONE_KEY, *(_conns_key(u) for u in user_ids)],
+            keys=[ONLINE_KEY, GONE_KEY, users, *(_conns_key(u) for u in user_ids)],
             args=[now_ms, int(self.grace * 1000), *user_ids],
         )
         for raw in offline:

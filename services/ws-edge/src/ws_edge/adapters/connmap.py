@@ -9,6 +9,10 @@ Keys (Redis 6.2 commands only):
   id's liveness alive, so entries keyed by the id alone would stay live for good: its former
   connections would count against their users' limits and show them online forever. Keyed
   by the incarnation, a crashed process is a dead node like any other.
+- `chat:node:<nodeId>~<incarnation>:users`  set: the users that process registered (a user
+  leaves it once the process's last check of them is done); `chat:members`  set: every process
+  that registered anyone. The presence sweep reads the users of dead processes only, so its
+  cost follows the users of crashed or stopped nodes, not everyone online
 - `chat:node:<nodeId>:epoch`  the node's registration epoch: when it is missing (Redis lost
   its data), the node re-registers every local connection
 - `chat:map:warming`  set (TTL: two and a half heartbeat intervals) by the first node that sees
@@ -24,7 +28,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -39,6 +43,13 @@ def _alive_key(member: str) -> str:
     return f"chat:node:{member}:alive"
 
 
+MEMBERS_KEY = "chat:members"
+
+
+def users_key(member: str) -> str:
+    return f"chat:node:{member}:users"
+
+
 def node_of(member: str) -> str:
     """The node id of a map entry's value (`<nodeId>~<incarnation>`; node ids have no `~`)."""
     return member.split("~", 1)[0]
@@ -51,7 +62,8 @@ def _epoch_key(node: str) -> str:
 WARMING_KEY = "chat:map:warming"
 
 
-# KEYS[1]: the user's conns hash. ARGV: connection id, entry value (node~incarnation), limit.
+# KEYS[1]: the user's conns hash, KEYS[2]: the process's users set, KEYS[3]: the members set.
+# ARGV: connection id, entry value (node~incarnation), limit, user id.
 # Counts the user's connections on live nodes and registers this one only if that count is
 # under the limit, in one atomic step: concurrent handshakes of one user (on any nodes) cannot
 # all pass a count taken before any of them registered. Returns 1 (registered) or 0 (refused).
@@ -71,7 +83,22 @@ if live >= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[2])
 return 1
+"""
+
+
+# KEYS[1]: the process's users set, KEYS[2]: the user's conns hash. ARGV: user id, entry value
+# of the process. The user leaves the set unless the process registered them again meanwhile
+# (checked here, in Redis, so that a reconnect racing with it keeps its place).
+FORGET_SCRIPT = """
+for _, member in ipairs(redis.call('HVALS', KEYS[2])) do
+  if member == ARGV[2] then
+    return 0
+  end
+end
+return redis.call('SREM', KEYS[1], ARGV[1])
 """
 
 
@@ -85,6 +112,8 @@ class ConnectionMap(Protocol):
     async def heartbeat(self, local: Mapping[str, str]) -> None: ...
     async def nodes_of(self, user_ids: list[str]) -> dict[str, list[str]]: ...
     async def reserve(self, user_id: str, conn_id: str, limit: int) -> bool: ...
+    async def forget(self, user_id: str) -> None: ...
+    async def dead_members(self) -> list[str]: ...
 
 
 class RedisConnectionMap:
@@ -101,9 +130,18 @@ class RedisConnectionMap:
         self.interval = min(1.0, ttl_seconds / 3)
         self.run_id: str | None = None
         self._reserve = redis.register_script(RESERVE_SCRIPT)
+        self._forget = redis.register_script(FORGET_SCRIPT)
 
     async def register(self, user_id: str, conn_id: str) -> None:
-        await self.redis.hset(_conns_key(user_id), conn_id, self.member)
+        pipe = self.redis.pipeline(transaction=False)
+        self._add(pipe, user_id, conn_id)
+        await pipe.execute()
+
+    def _add(self, pipe: Any, user_id: str, conn_id: str) -> None:
+        """Queue one registration: the entry, and the user in this process's users set."""
+        pipe.hset(_conns_key(user_id), conn_id, self.member)
+        pipe.sadd(users_key(self.member), user_id)
+        pipe.sadd(MEMBERS_KEY, self.member)
 
     async def unregister(self, user_id: str, conn_id: str) -> None:
         await self.redis.hdel(_conns_key(user_id), conn_id)
@@ -111,7 +149,10 @@ class RedisConnectionMap:
     async def reserve(self, user_id: str, conn_id: str, limit: int) -> bool:
         """Register `conn_id` if the user has fewer than `limit` connections on live nodes
         (RESERVE_SCRIPT: counted and registered atomically); False when at the limit."""
-        result = await self._reserve(keys=[_conns_key(user_id)], args=[conn_id, self.member, limit])
+        result = await self._reserve(
+            keys=[_conns_key(user_id), users_key(self.member), MEMBERS_KEY],
+            args=[conn_id, self.member, limit, user_id],
+        )
         return int(result) == 1
 
     async def heartbeat(self, local: Mapping[str, str]) -> None:
@@ -134,10 +175,24 @@ class RedisConnectionMap:
             if local:
                 pipe = self.redis.pipeline(transaction=False)
                 for conn_id, user_id in local.items():
-                    pipe.hset(_conns_key(user_id), conn_id, self.member)
+                    self._add(pipe, user_id, conn_id)
                 await pipe.execute()
             await self.redis.set(_epoch_key(self.node), self.epoch)
             log.info("registered %d local connections in redis", len(local))
+
+    async def forget(self, user_id: str) -> None:
+        """This process is done with `user_id` (no connection here, its last check made):
+        the user leaves the process's users set, which only a sweep of it would read."""
+        await self._forget(
+            keys=[users_key(self.member), _conns_key(user_id)], args=[user_id, self.member]
+        )
+
+    async def dead_members(self) -> list[str]:
+        """The processes that registered someone and whose liveness has expired (or that left)."""
+        raw = await self.redis.smembers(MEMBERS_KEY)
+        members = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in raw)
+        alive = await self._alive_nodes(set(members))
+        return [m for m in members if m not in alive]
 
     async def _alive_nodes(self, nodes: set[str]) -> set[str]:
         if not nodes:
