@@ -201,7 +201,8 @@ class Hub:
         (`RedisConnectionMap.reserve`), so handshakes on several nodes do too. Why: a count
         read before registering let a burst of handshakes of one token all pass the limit.
         If the map does not answer, this node's count decides (the heartbeat registers the
-        connection once the map is back). Every admission is given back with `release`.
+        connection once the map is back). An admission is given back by `detach` (or by
+        `withdraw`, when the connection never attached).
         """
         held = self._admitted.get(user_id, 0)
         if held >= limit:
@@ -260,12 +261,8 @@ class Hub:
             except Exception as exc:
                 self._map_dirty = True
                 log.warning("redis register failed (will re-register): %s", exc)
-        if rooms_read is not None:
-            rooms = self.user_rooms.setdefault(conn.user_id, set())
-            rooms.update(rooms_read)
-        else:
-            force = conn.user_id not in self.user_rooms
-            rooms = await self._load_user_rooms(conn.user_id, force=force)
+        force = conn.user_id not in self.user_rooms
+        rooms = await self._load_user_rooms(conn.user_id, force=force, read=rooms_read)
         if self.presence is not None:
             # after the rooms are known: an `online` announcement names them without asking
             # rooms a second time per connect
@@ -277,6 +274,8 @@ class Hub:
         self._schedule_expiry(conn)
 
     async def detach(self, conn: Connection) -> None:
+        """The connection ended: give back its admission, leave its feeds and the map."""
+        self.release(conn.user_id)
         conn.closed = True
         if conn.expiry is not None:
             conn.expiry.cancel()
@@ -311,9 +310,13 @@ class Hub:
             delay, conn.close_soon, 4401, "token expired"
         )
 
-    async def _load_user_rooms(self, user_id: str, force: bool) -> set[str]:
-        if force or user_id not in self.user_rooms:
-            rooms = set(await self.bus.user_rooms(user_id))
+    async def _load_user_rooms(
+        self, user_id: str, force: bool, read: Collection[str] | None = None
+    ) -> set[str]:
+        """The user's rooms on this node, asked of rooms when `force`d or not known yet;
+        `read`: a list the caller has just asked for, taken instead of asking again."""
+        if read is not None or force or user_id not in self.user_rooms:
+            rooms = set(read) if read is not None else set(await self.bus.user_rooms(user_id))
             self.user_rooms.setdefault(user_id, set()).update(rooms)
         return self.user_rooms.get(user_id, set())
 

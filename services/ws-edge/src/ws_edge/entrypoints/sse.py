@@ -109,7 +109,6 @@ class EventStream(Response):
         finally:
             for task in helpers:
                 task.cancel()
-            hub.release(conn.user_id)
             await hub.detach(conn)
             if conn.writer is not None:
                 conn.writer.cancel()

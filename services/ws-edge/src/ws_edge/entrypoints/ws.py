@@ -105,7 +105,6 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         conn.close_soon(1011, "internal error")
     finally:
         user_buckets.release(claims.user_id)
-        hub.release(claims.user_id)
         await hub.detach(conn)
         if conn.writer is not None and conn.close_code is None:
             conn.writer.cancel()
