@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from contracts import subjects
 from contracts.bus import PresenceChanged
 from contracts.ws import PresenceFrame
-from ws_edge.adapters.connmap import MEMBERS_KEY, users_key
+from ws_edge.adapters.connmap import ALIVE_LUA, MEMBERS_KEY, conns_key, users_key
 
 if TYPE_CHECKING:
     from ws_edge.hub import Hub
@@ -50,11 +50,12 @@ SWEEP_BATCH = 500  # users checked per Redis round trip in a sweep
 # The offline check of one user, shared by the scripts below. Returns 1 when the user is now
 # offline (removed from the online set: announce it), 0 when online or never announced, -1 when
 # gone but still within the grace period.
-_CHECK_LUA = """
+_CHECK_LUA = (
+    ALIVE_LUA
+    + """
 local function check(conns, online, gone, user, now, grace)
-  local nodes = redis.call('HVALS', conns)
-  for _, node in ipairs(nodes) do
-    if redis.call('EXISTS', 'chat:node:' .. node .. ':alive') == 1 then
+  for _, member in ipairs(redis.call('HVALS', conns)) do
+    if alive(member) then
       redis.call('HDEL', gone, user)
       return 0
     end
@@ -76,6 +77,7 @@ local function check(conns, online, gone, user, now, grace)
   return -1
 end
 """
+)
 
 # KEYS: conns hash of the user, online set, gone hash. ARGV: user, now ms, grace ms.
 OFFLINE_SCRIPT = (
@@ -106,10 +108,6 @@ end
 return offline
 """
 )
-
-
-def _conns_key(user_id: str) -> str:
-    return f"chat:conns:{user_id}"
 
 
 class Presence:
@@ -226,7 +224,7 @@ class Presence:
     async def _run_script(self, user_id: str) -> int:
         """OFFLINE_SCRIPT for one user, with the KEYS and ARGV it reads."""
         result = await self._script(
-            keys=[_conns_key(user_id), ONLINE_KEY, GONE_KEY],
+            keys=[conns_key(user_id), ONLINE_KEY, GONE_KEY],
             args=[user_id, int(time.time() * 1000), int(self.grace * 1000)],
         )
         return int(result)
@@ -300,7 +298,7 @@ class Presence:
         announces those now offline."""
         now_ms = int(time.time() * 1000)
         offline = await self._sweep_script(
-            keys=[ONLINE_KEY, GONE_KEY, users, *(_conns_key(u) for u in user_ids)],
+            keys=[ONLINE_KEY, GONE_KEY, users, *(conns_key(u) for u in user_ids)],
             args=[now_ms, int(self.grace * 1000), *user_ids],
         )
         for raw in offline:

@@ -35,12 +35,20 @@ import redis.asyncio as aioredis
 log = logging.getLogger(__name__)
 
 
-def _conns_key(user_id: str) -> str:
+def conns_key(user_id: str) -> str:
     return f"chat:conns:{user_id}"
 
 
 def _alive_key(member: str) -> str:
     return f"chat:node:{member}:alive"
+
+
+# `_alive_key` for the scripts that read an entry's liveness (here and in presence)
+ALIVE_LUA = """
+local function alive(member)
+  return redis.call('EXISTS', 'chat:node:' .. member .. ':alive') == 1
+end
+"""
 
 
 MEMBERS_KEY = "chat:members"
@@ -67,15 +75,17 @@ WARMING_KEY = "chat:map:warming"
 # Counts the user's connections on live nodes and registers this one only if that count is
 # under the limit, in one atomic step: concurrent handshakes of one user (on any nodes) cannot
 # all pass a count taken before any of them registered. Returns 1 (registered) or 0 (refused).
-RESERVE_SCRIPT = """
+RESERVE_SCRIPT = (
+    ALIVE_LUA
+    + """
 local entries = redis.call('HGETALL', KEYS[1])
-local alive, live = {}, 0
+local seen, live = {}, 0
 for i = 2, #entries, 2 do
-  local node = entries[i]
-  if alive[node] == nil then
-    alive[node] = redis.call('EXISTS', 'chat:node:' .. node .. ':alive') == 1
+  local member = entries[i]
+  if seen[member] == nil then
+    seen[member] = alive(member)
   end
-  if alive[node] then
+  if seen[member] then
     live = live + 1
   end
 end
@@ -87,6 +97,7 @@ redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
+)
 
 
 # KEYS[1]: the process's users set, KEYS[2]: the user's conns hash. ARGV: user id, entry value
@@ -139,18 +150,18 @@ class RedisConnectionMap:
 
     def _add(self, pipe: Any, user_id: str, conn_id: str) -> None:
         """Queue one registration: the entry, and the user in this process's users set."""
-        pipe.hset(_conns_key(user_id), conn_id, self.member)
+        pipe.hset(conns_key(user_id), conn_id, self.member)
         pipe.sadd(users_key(self.member), user_id)
         pipe.sadd(MEMBERS_KEY, self.member)
 
     async def unregister(self, user_id: str, conn_id: str) -> None:
-        await self.redis.hdel(_conns_key(user_id), conn_id)
+        await self.redis.hdel(conns_key(user_id), conn_id)
 
     async def reserve(self, user_id: str, conn_id: str, limit: int) -> bool:
         """Register `conn_id` if the user has fewer than `limit` connections on live nodes
         (RESERVE_SCRIPT: counted and registered atomically); False when at the limit."""
         result = await self._reserve(
-            keys=[_conns_key(user_id), users_key(self.member), MEMBERS_KEY],
+            keys=[conns_key(user_id), users_key(self.member), MEMBERS_KEY],
             args=[conn_id, self.member, limit, user_id],
         )
         return int(result) == 1
@@ -184,7 +195,7 @@ class RedisConnectionMap:
         """This process is done with `user_id` (no connection here, its last check made):
         the user leaves the process's users set, which only a sweep of it would read."""
         await self._forget(
-            keys=[users_key(self.member), _conns_key(user_id)], args=[user_id, self.member]
+            keys=[users_key(self.member), conns_key(user_id)], args=[user_id, self.member]
         )
 
     async def dead_members(self) -> list[str]:
@@ -210,7 +221,7 @@ class RedisConnectionMap:
         pipe.get(_epoch_key(self.node))
         pipe.exists(WARMING_KEY)
         for user_id in user_ids:
-            pipe.hgetall(_conns_key(user_id))
+            pipe.hgetall(conns_key(user_id))
         epoch, warming, *results = await pipe.execute()
         if epoch != self.epoch or warming:
             raise MapNotReady("connection map is being rebuilt after a Redis restart")
@@ -234,13 +245,13 @@ class RedisConnectionMap:
         for user_id, entries in zip(user_ids, results, strict=True):
             stale = [conn for conn, node in entries.items() if node in dead]
             if stale:
-                pipe.hdel(_conns_key(user_id), *stale)
+                pipe.hdel(conns_key(user_id), *stale)
         await pipe.execute()
 
     async def leave(self, local: dict[str, str]) -> None:
         """Node shutdown: drop its entries and liveness."""
         pipe = self.redis.pipeline(transaction=False)
         for conn_id, user_id in local.items():
-            pipe.hdel(_conns_key(user_id), conn_id)
+            pipe.hdel(conns_key(user_id), conn_id)
         pipe.delete(_alive_key(self.member), _epoch_key(self.node))
         await pipe.execute()
