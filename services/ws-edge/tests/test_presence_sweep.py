@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -48,6 +48,14 @@ class Announcements:
             self.offline.append(payload.decode())
         else:
             self.online.append(payload.decode())
+
+
+async def _settled(done: Callable[[], bool]) -> None:
+    """Wait up to 5 s for `done` (the assertions after it say what was missing)."""
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if done():
+            return
 
 
 def test_sweep_announces_users_of_dead_processes_in_batches(
@@ -168,10 +176,7 @@ def test_leaving_users_are_announced_with_the_rooms_the_node_knew(cache: Infra) 
             node.disconnected("user_without_rooms", set())
             node.disconnected("user_back", set())
             await connmap.register("user_back", "c-again")  # back before the grace period ends
-            for _ in range(100):
-                await asyncio.sleep(0.05)
-                if len(hub.offline) == 51 and not node._tasks and not node._checks:
-                    break
+            await _settled(lambda: len(hub.offline) == 51 and not node._tasks and not node._checks)
             kept = set(await redis.smembers(users_key(connmap.member)))
             return hub, await redis.sismember(ONLINE_KEY, "user_without_rooms"), kept
         finally:
@@ -204,10 +209,7 @@ def test_arriving_users_are_announced_with_the_rooms_the_hub_loaded(cache: Infra
             node.connected("user_arriving_3", {"room_a", "room_b"})  # already online
             node.connected("user_rooms_unknown")
             node.connected("user_without_rooms", set())
-            for _ in range(100):
-                await asyncio.sleep(0.05)
-                if len(hub.online) == 51 and not node._tasks:
-                    break
+            await _settled(lambda: len(hub.online) == 51 and not node._tasks)
             return hub
         finally:
             await redis.aclose()
