@@ -105,6 +105,9 @@ async def test_metrics_show_the_traffic_just_made(traced: Traced) -> None:
         assert _value(edge_a, "chat_ws_connections") >= 1
         assert _value(edge_a, "chat_errors_total") >= 1  # the unknown action
         assert _value(edge_a, "chat_ws_send_queue_frames") >= 0
+        # the sockets' pings come from the node-wide keepalive, not uvicorn's per-socket timers
+        assert _value(edge_a, "chat_ws_keepalive_sockets") >= 1
+        assert _value(edge_a, "chat_ws_keepalive_timeouts_total") == 0
         assert _value(edge_b, "chat_ws_frames_out_total", type="message_created") >= 3
         assert _value(edge_a, "chat_command_duration_seconds_count", command="create_room") >= 1
         history = scraped["history"]

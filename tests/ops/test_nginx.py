@@ -205,6 +205,17 @@ async def test_idle_websocket_survives_the_lb_timeout(balanced: Balanced) -> Non
         answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert answer["type"] == "synced"
         assert answer.get("requestId") == "after-idle"
+        # and those pings were the node-wide keepalive's (uvicorn's own timers were taken over)
+        async with httpx.AsyncClient(timeout=10) as http:
+            scraped = [(await http.get(f"{e.url}/metrics")).text for e in balanced.edges.values()]
+        pinged = [
+            float(line.split()[-1])
+            for text in scraped
+            for line in text.splitlines()
+            if line.startswith("chat_ws_keepalive_sockets ")
+        ]
+        assert len(pinged) == 2, pinged
+        assert sum(pinged) >= 1, pinged
 
 
 async def test_sse_streams_through_the_lb_without_buffering(balanced: Balanced) -> None:

@@ -6,18 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 import pytest
-import uvicorn
 import websockets
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from infra.auth import Claims
-from mesh.servers import free_port
 from ws_edge.adapters.direct_ws import (
     DirectWriter,
     release_handshake,
@@ -25,6 +23,9 @@ from ws_edge.adapters.direct_ws import (
 )
 from ws_edge.connection import Connection
 from ws_edge.domain.limits import AbuseMeter, TokenBucket
+
+# the `serve_ws` fixture (conftest.py)
+ServeWs = Callable[..., AbstractAsyncContextManager[int]]
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -97,9 +98,7 @@ async def test_direct_writes_never_overtake_queued_frames() -> None:
         await conn.writer
 
 
-async def _serve(deflate: bool) -> tuple[uvicorn.Server, asyncio.Task[None], int, list[bool]]:
-    attached: list[bool] = []
-
+def _endpoint(attached: list[bool]) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(websocket: WebSocket) -> None:
         assert websocket.query_params["token"] == "secret-token"  # what ws_endpoint reads
         assert websocket.headers["host"]
@@ -121,45 +120,26 @@ async def _serve(deflate: bool) -> tuple[uvicorn.Server, asyncio.Task[None], int
         with contextlib.suppress(Exception):
             await websocket.receive()
 
-    port = free_port()
-    config = uvicorn.Config(
-        Starlette(routes=[WebSocketRoute("/ws", endpoint)]),
-        host="127.0.0.1",
-        port=port,
-        ws="websockets-sansio",
-        ws_per_message_deflate=deflate,
-        log_level="warning",
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.02)
-    return server, task, port, attached
+    return endpoint
 
 
-async def test_attaches_to_the_edges_uvicorn_protocol_and_frames_arrive_in_order() -> None:
-    server, task, port, attached = await _serve(deflate=False)
-    try:
+async def test_attaches_to_the_edges_uvicorn_protocol_and_frames_arrive_in_order(
+    serve_ws: ServeWs,
+) -> None:
+    attached: list[bool] = []
+    async with serve_ws(_endpoint(attached), ws_per_message_deflate=False) as port:
         url = f"ws://127.0.0.1:{port}/ws?token=secret-token"
         async with websockets.connect(url, compression=None) as ws:
             got = [json.loads(await asyncio.wait_for(ws.recv(), 5))["n"] for _ in range(4)]
-        assert attached == [True, True, True]  # handshake released and shed, writer attached
-        assert got == [0, 1, 2, 3]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    assert attached == [True, True, True]  # handshake released and shed, writer attached
+    assert got == [0, 1, 2, 3]
 
 
-async def test_not_attached_when_permessage_deflate_was_negotiated() -> None:
-    server, task, port, attached = await _serve(deflate=True)
-    try:
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token=secret-token") as ws:
+async def test_not_attached_when_permessage_deflate_was_negotiated(serve_ws: ServeWs) -> None:
+    attached: list[bool] = []
+    async with serve_ws(_endpoint(attached), ws_per_message_deflate=True) as port:
+        url = f"ws://127.0.0.1:{port}/ws?token=secret-token"
+        async with websockets.connect(url) as ws:
             got = json.loads(await asyncio.wait_for(ws.recv(), 5))
-        assert attached == [True, True, False]
-        assert got == {"n": 0}
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    assert attached == [True, True, False]
+    assert got == {"n": 0}

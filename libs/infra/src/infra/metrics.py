@@ -49,6 +49,12 @@ WS_FRAMES_IN = Counter("chat_ws_frames_in_total", "Client frames handled, by act
 WS_FRAMES_OUT = Counter("chat_ws_frames_out_total", "Frames queued to clients, by type", ["type"])
 WS_QUEUE_FRAMES = Gauge("chat_ws_send_queue_frames", "Frames waiting in all send queues")
 WS_QUEUE_MAX = Gauge("chat_ws_send_queue_max_frames", "Longest send queue of one connection")
+WS_KEEPALIVE_SOCKETS = Gauge(
+    "chat_ws_keepalive_sockets", "WebSockets pinged by the node-wide keepalive (not uvicorn's)"
+)
+WS_KEEPALIVE_TIMEOUTS = Counter(
+    "chat_ws_keepalive_timeouts_total", "WebSockets closed (1011) for not answering a ping"
+)
 # how a connection's create_message in flight ended: `stored` (or refused) lets the next one
 # go in order; `timeout` lets it go without knowing (order not assured with several history
 # replicas); `publish_error` counts failed publishes, which hold the next one until either

@@ -11,9 +11,15 @@ from infra.auth import TokenService
 from infra.bus import close_nats, connect_nats
 from infra.cache import redis_client
 from infra.http import health_router, install_common_middleware, install_error_handlers
-from infra.metrics import WS_CONNECTIONS, WS_QUEUE_FRAMES, WS_QUEUE_MAX
+from infra.metrics import (
+    WS_CONNECTIONS,
+    WS_KEEPALIVE_SOCKETS,
+    WS_QUEUE_FRAMES,
+    WS_QUEUE_MAX,
+)
 from ws_edge.adapters.bus import EdgeBus
 from ws_edge.adapters.connmap import RedisConnectionMap
+from ws_edge.adapters.keepalive import Keepalive
 from ws_edge.domain.limits import RecentBuckets, UserBuckets
 from ws_edge.entrypoints import http as http_routes
 from ws_edge.entrypoints import rest as rest_routes
@@ -59,9 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.http_sender = HttpSender(hub, settings.http_send_wait_seconds)
         await hub.start()
         await hub.presence.start()
+        app.state.keepalive.start()
         try:
             yield
         finally:
+            await app.state.keepalive.stop()
             await hub.going_away()
             await hub.presence.stop()
             await hub.stop()
@@ -71,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title=f"chat ws-edge ({settings.node_id})", lifespan=lifespan)
     app.state.settings = settings
     app.state.tokens = tokens
+    app.state.keepalive = keepalive = Keepalive(settings.ping_interval_seconds)
+    WS_KEEPALIVE_SOCKETS.set_function(lambda: len(keepalive))
     app.state.user_buckets = UserBuckets(settings.user_rate_burst, settings.user_rate_per_second)
     app.state.http_buckets = RecentBuckets(settings.user_rate_burst, settings.user_rate_per_second)
     install_error_handlers(app)

@@ -45,7 +45,7 @@ def server_protocol(receive: object) -> Any:
     return getattr(receive, "__self__", None)
 
 
-def _sansio_protocol(receive: object) -> Any:
+def sansio_protocol(receive: object) -> Any:
     """uvicorn's `websockets-sansio` protocol behind `receive`, or None for any other."""
     protocol = server_protocol(receive)
     return protocol if type(protocol).__name__ == "WebSocketsSansIOProtocol" else None
@@ -61,7 +61,7 @@ def release_handshake(websocket: WebSocket) -> None:
     token's claims): about 2.7 KB per idle socket in uvicorn's protocol and 1.5 KB in the scope
     (bench idle: 23.5 -> 22.0 KB per connection for the latter).
     """
-    protocol = _sansio_protocol(websocket._receive)
+    protocol = sansio_protocol(websocket._receive)
     if protocol is not None and getattr(protocol, "handshake_complete", False):
         for name in ("request", "response"):
             if hasattr(protocol, name):
@@ -85,7 +85,7 @@ class DirectWriter:
     def attach(cls, receive: object) -> DirectWriter | None:
         """The writer for the protocol behind an ASGI `receive`, or None if it is not one we
         know how to write to safely (another server or protocol, an extension negotiated)."""
-        protocol = _sansio_protocol(receive)
+        protocol = sansio_protocol(receive)
         if protocol is None:
             return None
         conn = getattr(protocol, "conn", None)

@@ -19,6 +19,7 @@ from ws_edge.adapters.direct_ws import (
     release_handshake,
     server_protocol,
 )
+from ws_edge.adapters.keepalive import Keepalive
 from ws_edge.connection import Connection, WriteFrame, new_connection_id
 from ws_edge.domain.frames import error_frame, parse_client_frame
 from ws_edge.domain.limits import AbuseMeter, TokenBucket, UserBuckets
@@ -68,6 +69,8 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         await hub.withdraw(claims.user_id, conn_id)
         raise
     release_handshake(websocket)
+    keepalive: Keepalive = websocket.app.state.keepalive
+    pinged = keepalive.watch(websocket._receive)
     now = time.monotonic()
     user_buckets: UserBuckets = websocket.app.state.user_buckets
     user_bucket = user_buckets.acquire(claims.user_id, now)
@@ -104,6 +107,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         log.exception("connection failed")
         conn.close_soon(1011, "internal error")
     finally:
+        keepalive.unwatch(pinged)
         user_buckets.release(claims.user_id)
         await hub.detach(conn)
         if conn.writer is not None and conn.close_code is None:
