@@ -20,6 +20,7 @@ from security_helpers import (
     roundtrip,
     users,
 )
+from websockets.frames import Frame, Opcode
 
 from conftest import ALLOWED_ORIGIN
 from mesh.testing import Infra
@@ -240,6 +241,31 @@ async def test_abusive_client_closed_4429_others_unaffected(secure: SecureMesh) 
         assert bad.close_code == 4429
         assert _errors(bad, "invalid_json")
         await roundtrip(good)
+    finally:
+        await bad.close()
+        await good.close()
+
+
+async def test_a_ping_flood_is_refused_and_closed_4429(secure: SecureMesh) -> None:
+    """Pings and pongs are frames too: 5,000 pings sent at once take the connection's frame
+    bucket (200), each one beyond it is refused with `rate_limited`, and the connection is
+    closed with 4429 like any abusive client; the node keeps serving others."""
+    alice, bob = await users(secure.mesh, "Pinger", "Bystander")
+    bad = await connect(secure.ws_url(0, alice["token"]), alice["id"], ping_interval=None)
+    good = await connect(secure.ws_url(0, bob["token"]), bob["id"])
+    try:
+        ping = Frame(Opcode.PING, b"p").serialize(mask=True, extensions=[])
+        transport = bad.ws.transport
+        for _ in range(10):  # 10 writes of 500 pings: no wait for any pong
+            transport.write(ping * 500)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(bad.closed.wait(), 10)
+        assert bad.close_code == 4429
+        refused = _errors(bad, "rate_limited")
+        assert refused  # refused with a code, not dropped silently
+        assert len(refused) <= 100  # the abuse meter's threshold (CHAT_ABUSE_REFUSALS)
+        await roundtrip(good)
+        assert secure.alive()
     finally:
         await bad.close()
         await good.close()

@@ -6,6 +6,7 @@ import uvicorn
 
 from infra.logs import setup_logging
 from infra.serve import tune_gc
+from ws_edge.adapters.direct_ws import EdgeWebSocketProtocol
 from ws_edge.app import create_app
 from ws_edge.entrypoints.ws import DirectWsRoute
 from ws_edge.settings import Settings
@@ -37,7 +38,7 @@ def main() -> None:
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=EdgeWebSocketProtocol,  # uvicorn's websockets-sansio, control frames metered
         ws_max_size=settings.hard_max_frame_bytes,
         ws_ping_interval=settings.ping_interval_seconds,
         ws_ping_timeout=settings.ping_interval_seconds,

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from starlette.websockets import WebSocket
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 from websockets.protocol import State
 
 log = logging.getLogger(__name__)
@@ -46,9 +49,10 @@ def server_protocol(receive: object) -> Any:
 
 
 def sansio_protocol(receive: object) -> Any:
-    """uvicorn's `websockets-sansio` protocol behind `receive`, or None for any other."""
+    """uvicorn's `websockets-sansio` protocol (or the edge's subclass of it) behind `receive`,
+    or None for any other."""
     protocol = server_protocol(receive)
-    return protocol if type(protocol).__name__ == "WebSocketsSansIOProtocol" else None
+    return protocol if isinstance(protocol, WebSocketsSansIOProtocol) else None
 
 
 def release_handshake(websocket: WebSocket) -> None:
@@ -71,6 +75,51 @@ def release_handshake(websocket: WebSocket) -> None:
     scope["query_string"] = b""
     for cached in ("_headers", "_query_params"):
         websocket.__dict__.pop(cached, None)
+
+
+class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's `websockets-sansio` protocol, whose peer's pings and pongs take the
+    connection's frame budget (`meter`, set by the app after the accept).
+
+    Why: uvicorn answers control frames below ASGI, so the per-connection frame limits never
+    saw them: one client flooding pings kept an edge's core busy (measured: 100% of a core,
+    about 500,000 pings a second) without a single refusal. A control frame the meter refuses
+    is not handled (the parser has queued a ping's pong already: it goes out with the next
+    write; the refusal is what counts), and once this side's close frame is out a refused one
+    stops reading from the peer (uvicorn's close timer then drops the socket). A subclass,
+    given to uvicorn as the edge's WebSocket protocol, rather than handlers set on each
+    socket: attributes added to a live protocol object cost about 1 KB per socket.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.meter: Callable[[], bool] | None = None
+
+    def _admit(self) -> bool:
+        meter = self.meter
+        if meter is None or meter():
+            return True
+        if self.close_sent:
+            self.transport.pause_reading()
+        return False
+
+    def handle_ping(self) -> None:
+        if self._admit():
+            super().handle_ping()
+
+    def handle_pong(self, event: Frame) -> None:
+        if self._admit():
+            super().handle_pong(event)
+
+
+def meter_control_frames(receive: object, meter: Callable[[], bool]) -> bool:
+    """Meter the control frames of the socket behind `receive` (see EdgeWebSocketProtocol);
+    False when it is served by another protocol (they are then unmetered)."""
+    protocol = server_protocol(receive)
+    if not isinstance(protocol, EdgeWebSocketProtocol):
+        return False
+    protocol.meter = meter
+    return True
 
 
 class DirectWriter:

@@ -16,6 +16,7 @@ from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.ws import ErrorFrame
 from ws_edge.adapters.direct_ws import (
     DirectWriter,
+    meter_control_frames,
     release_handshake,
     server_protocol,
 )
@@ -98,6 +99,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         _direct_writer(websocket, settings),
         conn_id,
     )
+    meter_control_frames(websocket._receive, _ControlFrames(conn))
     try:
         await hub.attach(conn, registered=admission is Admission.REGISTERED)
         await _read_loop(websocket, hub, conn, settings, user_bucket)
@@ -160,6 +162,26 @@ def _abort_transport(websocket: WebSocket) -> None:
         abort()
     else:
         log.warning("cannot abort a stuck connection on this server")
+
+
+class _ControlFrames:
+    """A ping or pong from the client: it takes a token of the connection's frame bucket like
+    any frame, and one beyond it is refused the same way (`rate_limited`, abuse meter)."""
+
+    __slots__ = ("conn",)  # one per socket
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __call__(self) -> bool:
+        conn = self.conn
+        if conn.closed:
+            return False
+        now = time.monotonic()
+        if conn.bucket.take(now):
+            return True
+        _refuse(conn, error_frame(ErrorCode.RATE_LIMITED, "too many frames; slow down"), now)
+        return False
 
 
 def _refuse(conn: Connection, frame: ErrorFrame, now: float) -> None:
