@@ -271,6 +271,36 @@ async def test_a_ping_flood_is_refused_and_closed_4429(secure: SecureMesh) -> No
         await good.close()
 
 
+async def test_a_message_in_endless_fragments_is_closed_4429(secure: SecureMesh) -> None:
+    """Empty continuation frames never reach the size limit: a text message that never ends,
+    in 5,000 empty fragments, takes the frame bucket and the socket is failed with 4429; the
+    node keeps serving others."""
+    alice, bob = await users(secure.mesh, "Fragmenter", "Bystander")
+    bad = await connect(secure.ws_url(0, alice["token"]), alice["id"], ping_interval=None)
+    good = await connect(secure.ws_url(0, bob["token"]), bob["id"])
+    try:
+        first = Frame(Opcode.TEXT, b"{", fin=False).serialize(mask=True, extensions=[])
+        more = Frame(Opcode.CONT, b"", fin=False).serialize(mask=True, extensions=[])
+        transport = bad.ws.transport
+        transport.write(first)
+        for _ in range(10):
+            if transport.is_closing():
+                break
+            transport.write(more * 500)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(bad.closed.wait(), 10)
+        assert bad.close_code == 4429
+        # a message in a few fragments is read as one, as before
+        await good.ws.send(['{"action":"sync",', '"rooms":{},', '"requestId":"in-fragments"}'])
+        await good.wait_for(
+            lambda f: f.get("type") == "synced" and f.get("requestId") == "in-fragments"
+        )
+        assert secure.alive()
+    finally:
+        await bad.close()
+        await good.close()
+
+
 async def test_page_sizes_and_body_size(secure: SecureMesh) -> None:
     """`limit` outside 1..200 is 400 `invalid_limit`; bodies over 64 KiB are 413 with JSON."""
     mesh = secure.mesh
