@@ -18,7 +18,11 @@ ALLOWED_ORIGIN = "https://allowed.example"
 
 # Small, explicit limits so each one is reached quickly; the contract's defaults are covered by
 # the unit tests of the settings.
-COMMON = {"CHAT_CORS_ORIGINS": ALLOWED_ORIGIN}
+HEADER_TIMEOUT_SECONDS = 2
+COMMON = {
+    "CHAT_CORS_ORIGINS": ALLOWED_ORIGIN,
+    "CHAT_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_SECONDS),
+}
 EDGE = {
     **COMMON,
     "CHAT_WS_ALLOWED_ORIGINS": ALLOWED_ORIGIN,

@@ -22,7 +22,7 @@ from security_helpers import (
 )
 from websockets.frames import Frame, Opcode
 
-from conftest import ALLOWED_ORIGIN
+from conftest import ALLOWED_ORIGIN, HEADER_TIMEOUT_SECONDS
 from mesh.testing import Infra
 
 
@@ -299,6 +299,42 @@ async def test_a_message_in_endless_fragments_is_closed_4429(secure: SecureMesh)
     finally:
         await bad.close()
         await good.close()
+
+
+async def _answer_and_close(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection (bounded wait)."""
+    return await asyncio.wait_for(reader.read(), HEADER_TIMEOUT_SECONDS + 8)
+
+
+async def test_connections_that_never_finish_their_headers_get_408_and_are_closed(
+    secure: SecureMesh,
+) -> None:
+    """A socket that sends nothing, one that stops in the middle of its headers, and a kept-
+    alive one whose next request stalls: each is answered 408 with the JSON error body and
+    closed after the header deadline, on an API service and on an edge; others are served."""
+    for proc in (secure.users, secure.edges[0]):
+        silent = await asyncio.open_connection("127.0.0.1", proc.port)
+        partial = await asyncio.open_connection("127.0.0.1", proc.port)
+        partial[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        kept = await asyncio.open_connection("127.0.0.1", proc.port)
+        kept[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await asyncio.wait_for(kept[0].readuntil(b"\r\n\r\n"), 5)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        kept[1].write(b"GET /healthz HTTP/1.1\r\nHo")  # the next request stalls
+        try:
+            answers = await asyncio.gather(*(_answer_and_close(r) for r, _ in (silent, partial)))
+            later = await _answer_and_close(kept[0])
+            for answer in answers:
+                head, _, body = answer.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 408"), answer
+                assert json.loads(body)["error"]["code"] == "validation_error"
+            assert b"HTTP/1.1 408" in later, later
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(f"{proc.url}/healthz")).status_code == 200
+        finally:
+            for _, writer in (silent, partial, kept):
+                writer.close()
+    assert secure.alive()
 
 
 async def test_page_sizes_and_body_size(secure: SecureMesh) -> None:

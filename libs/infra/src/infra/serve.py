@@ -1,14 +1,20 @@
 """Run an ASGI app with uvicorn (uvloop, httptools) on the settings' host and port, with the
-garbage collector tuned for a server (`tune_gc`)."""
+garbage collector tuned for a server (`tune_gc`) and a deadline for request headers
+(`header_deadline_protocol`). Every service serves through here (the edge builds its own
+server for its shutdown hook, with the same pieces)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from contracts.errors import ErrorBody, ErrorCode
 from infra.logs import setup_logging
 from infra.settings import CommonSettings
 
@@ -31,19 +37,91 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+class HeaderDeadline(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request's headers.
+
+    Why: uvicorn waits without limit for a request that never arrives or never completes (its
+    keep-alive timeout starts only after a response), so sockets that send nothing, or a few
+    header bytes now and then, stayed open for good: enough of them exhaust the process's file
+    descriptors and no client can connect (Node's HTTP server has `headersTimeout` for this;
+    nginx `client_header_timeout`). The deadline runs from the connection's start, and from
+    the first byte of each later request on a kept-alive connection, to the end of the
+    headers; it then answers 408 with the JSON error body and closes. Bodies, responses and
+    upgraded WebSockets are not timed by it.
+    """
+
+    header_timeout = 15.0  # set per server by `header_deadline_protocol`
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        message = f"request headers not received within {self.header_timeout:g} s"
+        body = ErrorBody.of(ErrorCode.VALIDATION_ERROR, message).model_dump_json().encode()
+        head = (
+            "HTTP/1.1 408 Request Timeout\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.transport.close()
+
+
+def header_deadline_protocol(timeout: float) -> type[HttpToolsProtocol]:
+    """`HeaderDeadline` with `timeout` seconds (uvicorn takes a protocol class, not options)."""
+    protocol: type[HttpToolsProtocol] = type(
+        "HeaderDeadline", (HeaderDeadline,), {"header_timeout": timeout}
+    )
+    return protocol
+
+
+def uvicorn_options(settings: CommonSettings) -> dict[str, Any]:
+    """What every service's uvicorn runs with (the edge adds its WebSocket options)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": header_deadline_protocol(settings.header_timeout_seconds),
+        "access_log": False,
+        "log_config": None,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 5,
+    }
+
+
 def serve(app: ASGIApp, settings: CommonSettings, **extra: object) -> None:
     setup_logging(settings.service_name, settings.log_level)
     tune_gc()
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
         **extra,  # type: ignore[arg-type]
     )
     uvicorn.Server(config).run()

@@ -42,6 +42,9 @@ class CommonSettings(BaseSettings):
     dynamo_lanes: int | None = Field(default=None, ge=0, le=64)
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # a connection whose request headers are not complete this long after it opened (or after
+    # its next request began) gets 408 and is closed: idle sockets cannot pile up
+    header_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
     request_timeout_seconds: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
     cors_origins: str = ""  # comma separated; empty: no cross-origin access

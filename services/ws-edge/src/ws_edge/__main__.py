@@ -5,7 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from infra.logs import setup_logging
-from infra.serve import tune_gc
+from infra.serve import tune_gc, uvicorn_options
 from ws_edge.adapters.direct_ws import EdgeWebSocketProtocol
 from ws_edge.app import create_app
 from ws_edge.entrypoints.ws import DirectWsRoute
@@ -34,19 +34,12 @@ def main() -> None:
     tune_gc()
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
+        **uvicorn_options(settings),
         ws=EdgeWebSocketProtocol,  # uvicorn's websockets-sansio, control frames metered
         ws_max_size=settings.hard_max_frame_bytes,
         ws_ping_interval=settings.ping_interval_seconds,
         ws_ping_timeout=settings.ping_interval_seconds,
         ws_per_message_deflate=False,
-        access_log=False,
-        log_config=None,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
     )
     EdgeServer(config).run()
 
