@@ -306,12 +306,11 @@ async def _answer_and_close(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.read(), HEADER_TIMEOUT_SECONDS + 8)
 
 
-async def test_connections_that_never_finish_their_headers_get_408_and_are_closed(
-    secure: SecureMesh,
-) -> None:
-    """A socket that sends nothing, one that stops in the middle of its headers, and a kept-
-    alive one whose next request stalls: each is answered 408 with the JSON error body and
-    closed after the header deadline, on an API service and on an edge; others are served."""
+async def test_requests_that_never_finish_get_408_and_are_closed(secure: SecureMesh) -> None:
+    """A socket that sends nothing, one that stops in the middle of its headers, a kept-alive
+    one whose next request stalls, and a body that stops short of its length: each is
+    answered 408 with the JSON error body and closed after its deadline, on an API service and
+    on an edge; others are served."""
     for proc in (secure.users, secure.edges[0]):
         silent = await asyncio.open_connection("127.0.0.1", proc.port)
         partial = await asyncio.open_connection("127.0.0.1", proc.port)
@@ -321,8 +320,14 @@ async def test_connections_that_never_finish_their_headers_get_408_and_are_close
         first = await asyncio.wait_for(kept[0].readuntil(b"\r\n\r\n"), 5)
         assert first.startswith(b"HTTP/1.1 200"), first
         kept[1].write(b"GET /healthz HTTP/1.1\r\nHo")  # the next request stalls
+        trickle = await asyncio.open_connection("127.0.0.1", proc.port)
+        trickle[1].write(  # a body that trickles: 10 of the 100 bytes declared
+            b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"name": "'
+        )
         try:
-            answers = await asyncio.gather(*(_answer_and_close(r) for r, _ in (silent, partial)))
+            stalled = (silent, partial, trickle)
+            answers = await asyncio.gather(*(_answer_and_close(r) for r, _ in stalled))
             later = await _answer_and_close(kept[0])
             for answer in answers:
                 head, _, body = answer.partition(b"\r\n\r\n")
@@ -332,7 +337,7 @@ async def test_connections_that_never_finish_their_headers_get_408_and_are_close
             async with httpx.AsyncClient() as http:
                 assert (await http.get(f"{proc.url}/healthz")).status_code == 200
         finally:
-            for _, writer in (silent, partial, kept):
+            for _, writer in (silent, partial, kept, trickle):
                 writer.close()
     assert secure.alive()
 

@@ -3,6 +3,7 @@ security headers, bearer authentication and the health endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -81,11 +82,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimitMiddleware:
-    """413 with the JSON error body for request bodies over the limit (declared or streamed)."""
+    """413 with the JSON error body for request bodies over the limit (declared or streamed),
+    408 for a body not received within `timeout` seconds (a client trickling its body would
+    otherwise hold its socket and a task for as long as it likes)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 15.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,17 +112,27 @@ class BodyLimitMiddleware:
         chunks: list[bytes] = []
         size = 0
         more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            chunks.append(body)
-            more = bool(message.get("more_body", False))
+        try:
+            async with asyncio.timeout(self.timeout):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body = message.get("body", b"")
+                    size += len(body)
+                    if size > self.max_bytes:
+                        break
+                    chunks.append(body)
+                    more = bool(message.get("more_body", False))
+        except TimeoutError:
+            late = f"request body not received within {self.timeout:g} s"
+            response = error_response(408, ErrorCode.VALIDATION_ERROR, late)
+            response.headers["connection"] = "close"  # the rest of the body is not awaited
+            await response(scope, receive, send)
+            return
+        if size > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -172,7 +186,9 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-def install_common_middleware(app: FastAPI, max_body_bytes: int, cors_origins: list[str]) -> None:
+def install_common_middleware(
+    app: FastAPI, max_body_bytes: int, cors_origins: list[str], body_timeout: float = 15.0
+) -> None:
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -182,7 +198,7 @@ def install_common_middleware(app: FastAPI, max_body_bytes: int, cors_origins: l
             expose_headers=["Link"],
             max_age=600,
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, timeout=body_timeout)
     app.add_middleware(SecurityHeadersMiddleware)
     # outermost: `/metrics`, request counts and latency, the request's correlation id
     install_metrics(app)

@@ -45,7 +45,8 @@ class CommonSettings(BaseSettings):
     # a connection whose request headers are not complete this long after it opened (or after
     # its next request began) gets 408 and is closed: idle sockets cannot pile up
     header_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
-    request_timeout_seconds: float = Field(default=5.0, gt=0)
+    # a request body (at most max_body_bytes) not received this long after its headers: 408
+    body_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
     log_level: str = "INFO"
     cors_origins: str = ""  # comma separated; empty: no cross-origin access
 

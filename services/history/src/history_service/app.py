@@ -96,7 +96,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.tokens = TokenService.from_settings(settings)
     install_error_handlers(app)
-    install_common_middleware(app, settings.max_body_bytes, settings.cors_origin_list)
+    install_common_middleware(
+        app, settings.max_body_bytes, settings.cors_origin_list, settings.body_timeout_seconds
+    )
 
     def checks() -> dict[str, ReadinessCheck]:
         async def store_ready() -> None:

@@ -113,7 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.token_leeway_seconds,
     )
     install_error_handlers(app)
-    install_common_middleware(app, settings.max_body_bytes, settings.cors_origin_list)
+    install_common_middleware(
+        app, settings.max_body_bytes, settings.cors_origin_list, settings.body_timeout_seconds
+    )
 
     def checks() -> dict[str, ReadinessCheck]:
         async def store() -> None:
