@@ -82,6 +82,11 @@ class HeaderDeadline(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # the stall is a pipelined request behind a response still being written: a 408
+            # now would cut into that response, so the connection is only closed
+            self.transport.close()
+            return
         message = f"request headers not received within {self.header_timeout:g} s"
         body = ErrorBody.of(ErrorCode.VALIDATION_ERROR, message).model_dump_json().encode()
         head = (

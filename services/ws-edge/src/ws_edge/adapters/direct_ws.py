@@ -127,9 +127,9 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
 
 
-def meter_control_frames(receive: object, meter: Callable[[], bool]) -> bool:
-    """Meter the control frames of the socket behind `receive` (see EdgeWebSocketProtocol);
-    False when it is served by another protocol (they are then unmetered)."""
+def meter_frames(receive: object, meter: Callable[[], bool]) -> bool:
+    """Meter the pings, pongs and message fragments of the socket behind `receive` (see
+    EdgeWebSocketProtocol); False when another protocol serves it (they are then unmetered)."""
     protocol = server_protocol(receive)
     if not isinstance(protocol, EdgeWebSocketProtocol):
         return False

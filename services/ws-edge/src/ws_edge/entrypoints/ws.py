@@ -16,7 +16,7 @@ from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.ws import ErrorFrame
 from ws_edge.adapters.direct_ws import (
     DirectWriter,
-    meter_control_frames,
+    meter_frames,
     release_handshake,
     server_protocol,
 )
@@ -99,7 +99,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         _direct_writer(websocket, settings),
         conn_id,
     )
-    meter_control_frames(websocket._receive, _ControlFrames(conn))
+    meter_frames(websocket._receive, _FrameMeter(conn))
     try:
         await hub.attach(conn, registered=admission is Admission.REGISTERED)
         await _read_loop(websocket, hub, conn, settings, user_bucket)
@@ -164,9 +164,10 @@ def _abort_transport(websocket: WebSocket) -> None:
         log.warning("cannot abort a stuck connection on this server")
 
 
-class _ControlFrames:
-    """A ping or pong from the client: it takes a token of the connection's frame bucket like
-    any frame, and one beyond it is refused the same way (`rate_limited`, abuse meter)."""
+class _FrameMeter:
+    """A ping, pong or message fragment from the client (handled below ASGI): it takes a token
+    of the connection's frame bucket like any frame, and one beyond it is refused the same way
+    (`rate_limited`, abuse meter)."""
 
     __slots__ = ("conn",)  # one per socket
 
