@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -243,6 +243,27 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float 
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"condition not reached within {within} s")
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_on_free_port(app: object, **options: object) -> AsyncIterator[int]:
+    """`app` served by a real uvicorn on a free loopback port for the block, which gets the
+    port; `options` go to `uvicorn.Config` (protocols, timeouts). Stopped when the block ends."""
+    import uvicorn
+
+    port = servers.free_port()
+    settings: dict[str, object] = {"log_level": "warning", "lifespan": "off", **options}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **settings))  # type: ignore[arg-type]
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(250):
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,13 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from infra.serve import header_deadline_protocol
-from mesh.servers import free_port
+from mesh.testing import uvicorn_on_free_port
 
 DEADLINE = 0.5
 
@@ -35,29 +34,19 @@ async def _stream(request: Request) -> Response:
     return StreamingResponse(chunks())
 
 
-@contextlib.asynccontextmanager
-async def _server() -> AsyncIterator[int]:
-    port = free_port()
+def _server() -> contextlib.AbstractAsyncContextManager[int]:
     app = Starlette(routes=[Route("/slow", _slow), Route("/stream", _stream)])
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        http=header_deadline_protocol(DEADLINE),
-        log_level="warning",
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    return uvicorn_on_free_port(app, http=header_deadline_protocol(DEADLINE))
+
+
+async def _exchange(port: int, request: bytes) -> bytes:
+    """What the server answers to `request` until it closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        for _ in range(250):
-            if server.started:
-                break
-            await asyncio.sleep(0.02)
-        yield port
+        writer.write(request)
+        return await _until_closed(reader)
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+        writer.close()
 
 
 async def _until_closed(reader: asyncio.StreamReader) -> bytes:
@@ -82,25 +71,19 @@ async def test_a_silent_or_partial_request_gets_408_json_and_is_closed() -> None
 
 async def test_complete_headers_are_not_timed_however_slow_the_answer() -> None:
     async with _server() as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            answer = await _until_closed(reader)
-            assert answer.startswith(b"HTTP/1.1 200 "), answer
-            assert answer.endswith(b"slow")
-        finally:
-            writer.close()
+        answer = await _exchange(
+            port, b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert answer.endswith(b"slow")
 
 
 async def test_a_stall_behind_a_streamed_response_closes_without_a_408_in_it() -> None:
     async with _server() as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
-            writer.write(b"GET /stream HTTP/1.1\r\nHo")  # pipelined, and it stalls
-            answer = await _until_closed(reader)
-            assert answer.startswith(b"HTTP/1.1 200 "), answer
-            assert b"chunk0;" in answer
-            assert b"408" not in answer  # closed, not answered inside the stream
-        finally:
-            writer.close()
+        # the second request is pipelined, and it stalls
+        answer = await _exchange(
+            port, b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\nGET /stream HTTP/1.1\r\nHo"
+        )
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert b"chunk0;" in answer
+        assert b"408" not in answer  # closed, not answered inside the stream

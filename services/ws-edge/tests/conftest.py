@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from infra.auth import Claims
-from mesh.servers import free_port
+from mesh.testing import uvicorn_on_free_port
 from ws_edge.connection import Connection
 from ws_edge.domain.limits import AbuseMeter, TokenBucket
 
@@ -50,30 +47,10 @@ def serve_ws() -> ServeWs:
     """`async with serve_ws(endpoint, **uvicorn_options) as port`: `endpoint` served at `/ws`
     by a real uvicorn with the edge's WebSocket protocol (websockets-sansio) on a free port."""
 
-    @contextlib.asynccontextmanager
-    async def serve(
+    def serve(
         endpoint: Callable[[WebSocket], Awaitable[None]], **options: Any
-    ) -> AsyncIterator[int]:
-        port = free_port()
-        config = uvicorn.Config(
-            Starlette(routes=[WebSocketRoute("/ws", endpoint)]),
-            host="127.0.0.1",
-            port=port,
-            ws="websockets-sansio",
-            log_level="warning",
-            lifespan="off",
-            **options,
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        try:
-            for _ in range(250):
-                if server.started:
-                    break
-                await asyncio.sleep(0.02)
-            yield port
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(task, 10)
+    ) -> AbstractAsyncContextManager[int]:
+        app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+        return uvicorn_on_free_port(app, ws="websockets-sansio", **options)
 
     return serve
