@@ -334,6 +334,12 @@ async def test_requests_that_never_finish_get_408_and_are_closed(secure: SecureM
                 assert head.startswith(b"HTTP/1.1 408"), answer
                 assert json.loads(body)["error"]["code"] == "validation_error"
             assert b"HTTP/1.1 408" in later, later
+            # and a request line with headers over CHAT_MAX_HEADER_BYTES (64 KiB) is refused
+            big = await asyncio.open_connection("127.0.0.1", proc.port)
+            big[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"z" * 70_000)
+            refused = await _answer_and_close(big[0])
+            big[1].close()
+            assert refused.startswith(b"HTTP/1.1 431"), refused[:80]
             async with httpx.AsyncClient() as http:
                 assert (await http.get(f"{proc.url}/healthz")).status_code == 200
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+from http import HTTPStatus
 from typing import Any
 
 import uvicorn
@@ -38,7 +39,7 @@ def tune_gc() -> None:
 
 
 class HeaderDeadline(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for each request's headers.
+    """uvicorn's httptools protocol with a deadline and a size limit for each request's headers.
 
     Why: uvicorn waits without limit for a request that never arrives or never completes (its
     keep-alive timeout starts only after a response), so sockets that send nothing, or a few
@@ -47,11 +48,20 @@ class HeaderDeadline(HttpToolsProtocol):
     nginx `client_header_timeout`). The deadline runs from the connection's start, and from
     the first byte of each later request on a kept-alive connection, to the end of the
     headers; it then answers 408 with the JSON error body and closes. Bodies, responses and
-    upgraded WebSockets are not timed by it.
+    upgraded WebSockets are not timed by it. Request line and headers over `max_header_bytes`
+    get 431 the same way.
     """
 
-    header_timeout = 15.0  # set per server by `header_deadline_protocol`
+    header_timeout = 15.0  # both set per server by `header_deadline_protocol`
+    max_header_bytes = 64 * 1024
     _deadline: asyncio.TimerHandle | None = None
+    # bytes of the current request's line and headers received so far; the parser and
+    # uvicorn keep all of them until the headers end (a URL or header list without end grew a
+    # service by gigabytes), so past `max_header_bytes` the request is refused. Counted at the
+    # start of each chunk that begins in a request's head (the first request of a chunk is
+    # exact; requests pipelined after it in the same chunk are bounded by the chunk's size).
+    _header_bytes = 0
+    _in_headers = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -61,13 +71,28 @@ class HeaderDeadline(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            end = data.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(431, f"request line and headers over {self.max_header_bytes} bytes")
+                return
+        super().data_received(data)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._arm()
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._in_headers = False
+        self._header_bytes = 0
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_headers = True  # what comes next is another request's head
 
     def _arm(self) -> None:
         if self._deadline is None:
@@ -80,29 +105,33 @@ class HeaderDeadline(HttpToolsProtocol):
 
     def _expired(self) -> None:
         self._deadline = None
+        self._refuse(408, f"request headers not received within {self.header_timeout:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` with the JSON error body and close (only close when a response of
+        an earlier, pipelined request is still being written: an answer would cut into it)."""
+        self._disarm()
         if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
-            # the stall is a pipelined request behind a response still being written: a 408
-            # now would cut into that response, so the connection is only closed
-            self.transport.close()
-            return
-        message = f"request headers not received within {self.header_timeout:g} s"
-        body = ErrorBody.of(ErrorCode.VALIDATION_ERROR, message).model_dump_json().encode()
-        head = (
-            "HTTP/1.1 408 Request Timeout\r\n"
-            "content-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n"
-        )
-        self.transport.write(head.encode() + body)
+        if self.cycle is None or self.cycle.response_complete:
+            body = ErrorBody.of(ErrorCode.VALIDATION_ERROR, message).model_dump_json().encode()
+            head = (
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+                "content-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n"
+                "connection: close\r\n\r\n"
+            )
+            self.transport.write(head.encode() + body)
         self.transport.close()
 
 
-def header_deadline_protocol(timeout: float) -> type[HttpToolsProtocol]:
-    """`HeaderDeadline` with `timeout` seconds (uvicorn takes a protocol class, not options)."""
+def header_deadline_protocol(timeout: float, max_bytes: int = 64 * 1024) -> type[HttpToolsProtocol]:
+    """`HeaderDeadline` with `timeout` seconds and `max_bytes` of request line and headers
+    (uvicorn takes a protocol class, not options)."""
     protocol: type[HttpToolsProtocol] = type(
-        "HeaderDeadline", (HeaderDeadline,), {"header_timeout": timeout}
+        "HeaderDeadline",
+        (HeaderDeadline,),
+        {"header_timeout": timeout, "max_header_bytes": max_bytes},
     )
     return protocol
 
@@ -113,7 +142,9 @@ def uvicorn_options(settings: CommonSettings) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": header_deadline_protocol(settings.header_timeout_seconds),
+        "http": header_deadline_protocol(
+            settings.header_timeout_seconds, settings.max_header_bytes
+        ),
         "access_log": False,
         "log_config": None,
         "lifespan": "on",

@@ -45,6 +45,8 @@ class CommonSettings(BaseSettings):
     # a connection whose request headers are not complete this long after it opened (or after
     # its next request began) gets 408 and is closed: idle sockets cannot pile up
     header_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    # request line and headers larger than this: 431 and closed
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=1024 * 1024)
     # a request body (at most max_body_bytes) not received this long after its headers: 408
     body_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
     log_level: str = "INFO"
