@@ -13,7 +13,9 @@ from contracts.rest import CreateUserRequest
 from contracts.ws import CLIENT_ACTIONS, SyncAction
 
 
-@pytest.mark.parametrize("name", ["", "   ", "x" * 65, "a\x00b", "line\nbreak", "x" * 10_000])
+@pytest.mark.parametrize(
+    "name", ["", "   ", "x" * 65, "a\x00b", "line\nbreak", "x" * 10_000, "\ud800", "a\udfffb"]
+)
 def test_bad_names_refused(name: str) -> None:
     """Empty, blank, too long and control-character names are refused."""
     with pytest.raises(ValidationError):
@@ -37,6 +39,7 @@ def test_name_trimmed_and_number_refused() -> None:
         "https://a b/c",
         "data:image/png;base64,AA",
         "https://x/" + "a" * 2048,
+        "https://x/\ud800",
     ],
 )
 def test_bad_avatars_refused(avatar: str) -> None:
@@ -55,12 +58,16 @@ def test_content_rules() -> None:
         "createdAt": "2024-06-16T12:36:10.000Z",
     }
     CLIENT_ACTIONS.validate_python({**base, "content": "€" * 4000})
-    for bad in ("", "   \n", "x" * 4001):
+    for bad in ("", "   \n", "x" * 4001, "x\udfff", "\ud83d"):  # lone surrogates too
         with pytest.raises(ValidationError):
             CLIENT_ACTIONS.validate_python({**base, "content": bad})
     for bad_id in ("", "a" * 129, "has space", "slash/no"):
         with pytest.raises(ValidationError):
             CLIENT_ACTIONS.validate_python({**base, "content": "x", "messageId": bad_id})
+    with pytest.raises(ValidationError):
+        CLIENT_ACTIONS.validate_python({**base, "content": "x", "requestId": "r\ud800"})
+    # a real surrogate pair decodes to one character: fine
+    assert CLIENT_ACTIONS.validate_python({**base, "content": "\U0001f600"})
 
 
 def test_timestamps() -> None:

@@ -163,6 +163,39 @@ async def test_invalid_utf8_closes_1007(secure: SecureMesh) -> None:
         assert ws.close_code == 1007
 
 
+async def test_lone_surrogates_in_json_bodies_are_400_not_5xx(secure: SecureMesh) -> None:
+    """`"\\ud800"` is valid JSON but not Unicode text: every HTTP body field that takes text
+    refuses it with its code (before, the store client's encoder failed: 503)."""
+    alice, bob = await users(secure.mesh, "Surrogate", "Bystander")
+    client = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    try:
+        room = await make_room(client, [bob["id"]])
+    finally:
+        await client.close()
+    json_type = {"content-type": "application/json"}
+    cases = [
+        (f"{secure.users.url}/users", b'{"name": "\\ud800"}', {}, "invalid_name"),
+        (
+            f"{secure.users.url}/users",
+            b'{"name": "A", "avatar": "https://x/\\udfff"}',
+            {},
+            "invalid_avatar",
+        ),
+        (
+            f"{secure.edges[0].url}/rooms/{room['id']}/messages",
+            b'{"messageId": "m-sur", "content": "x\\udfff", "createdAt": "2026-01-01T00:00:00Z"}',
+            auth(alice["token"]),
+            "invalid_content",
+        ),
+    ]
+    async with httpx.AsyncClient(timeout=10) as http:
+        for url, body, headers, code in cases:
+            r = await http.post(url, content=body, headers={**json_type, **headers})
+            assert r.status_code == 400, (url, r.status_code, r.text)
+            assert r.json()["error"]["code"] == code, r.text
+    assert secure.alive()
+
+
 # --- schemathesis ---------------------------------------------------------------------------
 
 

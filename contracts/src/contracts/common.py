@@ -28,7 +28,18 @@ class WireModel(_PydanticBase):
     model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True, frozen=False)
 
 
+def _check_text(value: str, what: str) -> None:
+    """Refuse lone surrogates (`"\\ud800"` in JSON decodes to one): not Unicode text, so no
+    UTF-8 encoder takes them (the store client's failed with a 503, a server error for bad
+    input); the WebSocket's JSON parser already refuses them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} must be valid Unicode text (no lone surrogates)") from exc
+
+
 def _check_name(value: str) -> str:
+    _check_text(value, "name")
     name = value.strip()
     if not 1 <= len(name) <= NAME_MAX:
         raise ValueError(f"name must be 1-{NAME_MAX} characters after trimming")
@@ -38,6 +49,7 @@ def _check_name(value: str) -> str:
 
 
 def _check_avatar(value: str) -> str:
+    _check_text(value, "avatar")
     if len(value) > AVATAR_MAX:
         raise ValueError(f"avatar must be at most {AVATAR_MAX} characters")
     if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in value):
@@ -58,6 +70,7 @@ def _check_id(value: str) -> str:
 
 
 def _check_content(value: str) -> str:
+    _check_text(value, "content")
     if not 1 <= len(value) <= CONTENT_MAX:
         raise ValueError(f"content must be 1-{CONTENT_MAX} characters")
     if not value.strip():
@@ -101,7 +114,16 @@ AvatarUrl = Annotated[str, AfterValidator(_check_avatar)]
 Identifier = Annotated[str, AfterValidator(_check_id)]
 MessageContent = Annotated[str, AfterValidator(_check_content)]
 Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
-RequestId = Annotated[str, StringConstraints(max_length=REQUEST_ID_MAX)]
+
+
+def _check_request_id(value: str) -> str:
+    _check_text(value, "requestId")
+    return value
+
+
+RequestId = Annotated[
+    str, StringConstraints(max_length=REQUEST_ID_MAX), AfterValidator(_check_request_id)
+]
 Seq = Annotated[int, Field(ge=0, le=2**53)]
 PositiveSeq = Annotated[int, Field(ge=1, le=2**53)]
 # The raw list is bounded generously; the 100-participant rule applies after dedupe + caller.
