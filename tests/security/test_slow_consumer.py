@@ -9,6 +9,7 @@ import os
 import socket
 from pathlib import Path
 
+import psutil
 import redis.asyncio as aioredis
 from security_helpers import SecureMesh, connect, make_room, message_frame, users
 
@@ -146,4 +147,81 @@ async def test_never_reading_client_cut_off_memory_flat(secure: SecureMesh, infr
         slow.close()
         for c in (a, b, w):
             await c.close()
+        await redis.aclose()
+
+
+def raw_event_stream(port: int, token: str) -> socket.socket:
+    """`GET /events` on a plain socket that reads the answer's head and never reads again."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        f"GET /events?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise AssertionError("stream refused")
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head[:80]
+    return sock
+
+
+def _established(pid: int, server_port: int, client_port: int) -> bool:
+    """Whether the process still holds that TCP connection open (its side of it)."""
+    return any(
+        c.laddr
+        and c.raddr
+        and c.laddr.port == server_port
+        and c.raddr.port == client_port
+        and c.status == psutil.CONN_ESTABLISHED
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+    )
+
+
+async def test_never_reading_event_stream_cut_off_and_its_socket_dropped(
+    secure: SecureMesh,
+) -> None:
+    """An SSE client that never reads is cut off (queue full) like a WebSocket one, and its
+    socket does not outlive the close timeout: the stream's last write cannot wait on a peer
+    that never reads (before, the socket stayed open for good, outside the user's limit)."""
+    alice, sloth = await users(secure.mesh, "Talker", "SseSloth")
+    edge = secure.edges[0]
+    assert edge.popen is not None
+    a = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    redis = aioredis.from_url(secure.redis_url)
+    slow = await asyncio.to_thread(raw_event_stream, edge.port, sloth["token"])
+    client_port = slow.getsockname()[1]
+    try:
+        room = await make_room(a, [sloth["id"]])
+        sent = 0
+        for _ in range(MAX_ROUNDS):
+            started = asyncio.get_running_loop().time()
+            for i in range(ROUND):
+                await a.send(message_frame(room["id"], alice["id"], f"a{sent + i} " + BULK))
+            sent += ROUND
+            await a.wait_count(room["id"], sent, 60)
+            if await redis.hlen(f"chat:conns:{sloth['id']}") == 0:
+                break
+            elapsed = asyncio.get_running_loop().time() - started
+            await asyncio.sleep(max(0.0, MIN_ROUND_SECONDS - elapsed))
+        else:
+            raise AssertionError("the non-reading event stream was never cut off")
+        close_timeout = float(EDGE.get("CHAT_CLOSE_TIMEOUT_SECONDS", "5"))
+        for _ in range(int((close_timeout + 10) * 10)):
+            if not _established(edge.popen.pid, edge.port, client_port):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"the edge kept the stream's socket after {sent} messages")
+        print(f"\nslow event stream: cut off after {sent} messages of ~16 KB, socket dropped")
+        logged = edge.log_path.read_text(errors="replace")
+        assert "without completing response" not in logged  # dropped, not left half-answered
+        assert "event stream failed" not in logged
+    finally:
+        slow.close()
+        await a.close()
         await redis.aclose()

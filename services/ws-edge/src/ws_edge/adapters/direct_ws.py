@@ -48,6 +48,18 @@ def server_protocol(receive: object) -> Any:
     return getattr(receive, "__self__", None)
 
 
+def abort_transport(receive: object) -> bool:
+    """Drop the connection behind an ASGI `receive` (WebSocket or HTTP) at once, discarding
+    unsent data: for a peer that does not read, which cannot take a close or a stream's end."""
+    transport = getattr(server_protocol(receive), "transport", None)
+    abort = getattr(transport, "abort", None)
+    if not callable(abort):
+        log.warning("cannot abort a stuck connection on this server")
+        return False
+    abort()
+    return True
+
+
 def sansio_protocol(receive: object) -> Any:
     """uvicorn's `websockets-sansio` protocol (or the edge's subclass of it) behind `receive`,
     or None for any other."""

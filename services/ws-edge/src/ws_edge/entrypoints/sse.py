@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from contracts.errors import ChatError, ErrorBody, ErrorCode
 from infra.auth import Claims, bearer_token
+from ws_edge.adapters.direct_ws import abort_transport
 from ws_edge.domain.limits import AbuseMeter, TokenBucket
 from ws_edge.domain.position import Spans, decode_position
 from ws_edge.hub import Admission, Hub
@@ -112,8 +113,16 @@ class EventStream(Response):
             await hub.detach(conn)
             if conn.writer is not None:
                 conn.writer.cancel()
-            with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            end = {"type": "http.response.body", "body": b"", "more_body": False}
+            try:
+                await asyncio.wait_for(send(end), settings.close_timeout_seconds)
+            except TimeoutError:
+                # a peer that does not read cannot take the stream's end either (it was cut
+                # off for that): drop the socket, as a WebSocket's stuck close is
+                abort_transport(receive)
+                await asyncio.sleep(0)  # the server sees the loss before this answer returns
+            except Exception:
+                log.debug("event stream ended by the peer")
 
 
 def _error(status: int, code: ErrorCode | str, message: str) -> Response:

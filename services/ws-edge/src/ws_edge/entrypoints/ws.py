@@ -16,9 +16,9 @@ from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.ws import ErrorFrame
 from ws_edge.adapters.direct_ws import (
     DirectWriter,
+    abort_transport,
     meter_frames,
     release_handshake,
-    server_protocol,
 )
 from ws_edge.adapters.keepalive import Keepalive
 from ws_edge.connection import Connection, WriteFrame, new_connection_id
@@ -87,7 +87,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
                 )
             except TimeoutError:
                 # a peer that does not read cannot even take the close frame: drop the socket
-                _abort_transport(websocket)
+                abort_transport(websocket._receive)
 
     conn = Connection(
         claims,
@@ -152,16 +152,6 @@ def _direct_writer(websocket: WebSocket, settings: Settings) -> WriteFrame | Non
         return None
     writer = DirectWriter.attach(websocket._receive)
     return writer.write if writer is not None else None
-
-
-def _abort_transport(websocket: WebSocket) -> None:
-    """Drop the TCP connection at once, discarding unsent data (uvicorn's transport)."""
-    transport = getattr(server_protocol(websocket._receive), "transport", None)
-    abort = getattr(transport, "abort", None)
-    if callable(abort):
-        abort()
-    else:
-        log.warning("cannot abort a stuck connection on this server")
 
 
 class _FrameMeter:
