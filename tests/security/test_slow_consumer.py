@@ -33,25 +33,30 @@ MIN_ROUND_SECONDS = 1.25 * ROUND / FRAMES_PER_SECOND
 def raw_handshake(port: int, path: str) -> socket.socket:
     """A WebSocket handshake on a plain socket that will never read again (tiny receive
     window): unlike a client library, nothing drains it in the background."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    return _never_reading(port, request.encode(), b"HTTP/1.1 101")
+
+
+def _never_reading(port: int, request: bytes, status: bytes) -> socket.socket:
+    """A plain socket with a tiny receive window that sends `request`, reads the answer's head
+    byte by byte (checking its `status`) and nothing more."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(10)
     sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
+    sock.sendall(request)
     head = b""
-    while b"\r\n\r\n" not in head:  # read the answer's head byte by byte, nothing more
+    while b"\r\n\r\n" not in head:
         chunk = sock.recv(1)
         if not chunk:
-            raise AssertionError("handshake refused")
+            raise AssertionError("refused")
         head += chunk
-    assert head.startswith(b"HTTP/1.1 101"), head[:80]
+    assert head.startswith(status), head[:80]
     return sock
 
 
@@ -152,22 +157,11 @@ async def test_never_reading_client_cut_off_memory_flat(secure: SecureMesh, infr
 
 def raw_event_stream(port: int, token: str) -> socket.socket:
     """`GET /events` on a plain socket that reads the answer's head and never reads again."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(
+    request = (
         f"GET /events?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        "Accept: text/event-stream\r\n\r\n".encode()
+        "Accept: text/event-stream\r\n\r\n"
     )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        if not chunk:
-            raise AssertionError("stream refused")
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head[:80]
-    return sock
+    return _never_reading(port, request.encode(), b"HTTP/1.1 200")
 
 
 def _established(pid: int, server_port: int, client_port: int) -> bool:
