@@ -246,6 +246,26 @@ async def test_abusive_client_closed_4429_others_unaffected(secure: SecureMesh) 
         await good.close()
 
 
+async def test_a_sync_naming_rooms_not_yours_counts_each_as_a_refusal(secure: SecureMesh) -> None:
+    """Each named room the caller is not in gets its `error` frame (the contract) and counts
+    as a refused frame: one `sync` naming 1,000 such rooms closes the connection with 4429
+    instead of being answered with 1,000 frames a time at the full frame rate."""
+    alice, bob = await users(secure.mesh, "Namer", "Bystander")
+    bad = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    good = await connect(secure.ws_url(0, bob["token"]), bob["id"])
+    try:
+        rooms = {f"room_not_yours_{n}": 0 for n in range(1000)}
+        await bad.send({"action": "sync", "rooms": rooms, "requestId": "many"})
+        await asyncio.wait_for(bad.closed.wait(), 10)
+        assert bad.close_code == 4429
+        assert _errors(bad, "not_participant")  # refused with the contract's error frames
+        await roundtrip(good)
+        assert secure.alive()
+    finally:
+        await bad.close()
+        await good.close()
+
+
 async def test_a_ping_flood_is_refused_and_closed_4429(secure: SecureMesh) -> None:
     """Pings and pongs are frames too: 5,000 pings sent at once take the connection's frame
     bucket (200), each one beyond it is refused with `rate_limited`, and the connection is

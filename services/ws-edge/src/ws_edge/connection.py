@@ -118,6 +118,13 @@ class Connection:
             self.close_soon(4408, "too slow: send queue full")
             return False
 
+    def refuse(self, text: str, now: float | None = None) -> None:
+        """Send an `error` frame that refuses (part of) what the client sent, and count it:
+        a client with too many refusals in the window is abusive and is closed (4429)."""
+        self.push(text)
+        if self.abuse.refuse(time.monotonic() if now is None else now):
+            self.close_soon(4429, "abusive: too many refused frames")
+
     def close_soon(self, code: int, reason: str) -> None:
         if self.closed:
             return

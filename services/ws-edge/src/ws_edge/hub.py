@@ -631,7 +631,7 @@ class Hub:
 
     async def _create_message(self, conn: Connection, action: CreateMessageAction) -> None:
         def refuse(code: ErrorCode, text: str) -> None:
-            conn.push(
+            conn.refuse(
                 encode(error_frame(code, text, action.requestId, action.messageId, action.roomId))
             )
 
@@ -713,15 +713,17 @@ class Hub:
         )
         if reply.room is None:
             error = reply.error
-            conn.push(
-                encode(
-                    error_frame(
-                        error.code if error else ErrorCode.UNAVAILABLE,
-                        error.message if error else "room not created",
-                        action.requestId,
-                    )
+            text = encode(
+                error_frame(
+                    error.code if error else ErrorCode.UNAVAILABLE,
+                    error.message if error else "room not created",
+                    action.requestId,
                 )
             )
+            if error is not None and error.code != ErrorCode.UNAVAILABLE:
+                conn.refuse(text)  # the client's request was refused (bad participants, ...)
+            else:
+                conn.push(text)
             return
         # the creator's connection hears at once; the other connections via the router
         self.user_rooms.setdefault(conn.user_id, set()).add(reply.room.id)
@@ -737,8 +739,8 @@ class Hub:
         for room_id, last in action.rooms.items():
             if room_id in rooms:
                 named[room_id] = last
-            else:
-                conn.push(
+            else:  # each one a refusal: a sync naming many rooms not yours is abusive
+                conn.refuse(
                     encode(
                         error_frame(
                             ErrorCode.NOT_PARTICIPANT,
@@ -797,10 +799,10 @@ class Hub:
         try:
             claims = self.tokens.verify(action.token)
         except ChatError as exc:
-            conn.push(encode(error_frame(exc.code, exc.message, action.requestId)))
+            conn.refuse(encode(error_frame(exc.code, exc.message, action.requestId)))
             return
         if claims.user_id != conn.user_id:
-            conn.push(
+            conn.refuse(
                 encode(
                     error_frame(
                         ErrorCode.FORBIDDEN, "token belongs to another user", action.requestId

@@ -176,9 +176,7 @@ class _FrameMeter:
 
 
 def _refuse(conn: Connection, frame: ErrorFrame, now: float) -> None:
-    conn.push(encode(frame))
-    if conn.abuse.refuse(now):
-        conn.close_soon(4429, "abusive: too many refused frames")
+    conn.refuse(encode(frame), now)
 
 
 async def _await_reader(conn: Connection, patience: float) -> None:
