@@ -81,6 +81,24 @@ crypto.randomBytes = function (size, callback) {
   return bytes
 }
 
+// LevelDB iterators closed when dynalite is done with them. dynalite turns each iterator of
+// a Query or Scan into a stream whose destroy calls `iterator.return()`, which abstract-level's
+// iterators do not have (theirs is `close()`), so none was ever closed: each stayed in the
+// database's set of open resources, with its LevelDB iterator and the snapshot it pins. The
+// store grew by about 4.5 KB per query for good (a new user's audit saw 8 GB; 80,000 queries
+// of one row took it from 55 to 408 MB). `return` as the async-iterator protocol defines it:
+// close, and report the end.
+const abstractLevel = require('abstract-level')
+for (const name of ['AbstractIterator', 'AbstractKeyIterator', 'AbstractValueIterator']) {
+  const proto = abstractLevel[name] && abstractLevel[name].prototype
+  if (proto && typeof proto.return !== 'function') {
+    proto.return = async function () {
+      await this.close()
+      return { done: true, value: undefined }
+    }
+  }
+}
+
 console.log(
   `dynalite launcher: write buffer ${mb} MB, ${process.env.UV_THREADPOOL_SIZE} libuv thread(s), ` +
   `reads ${syncReads ? 'on the event loop' : 'on the thread pool'}`
