@@ -27,13 +27,15 @@ def dynalite(data: Path, **env: str) -> Iterator[servers.Proc]:
         proc.stop()
 
 
-async def new_table(admin: Any, name: str) -> None:
-    """A table keyed by a string `pk`, once it is ACTIVE."""
+async def new_table(admin: Any, name: str, sort_key: str | None = None) -> None:
+    """A table keyed by a string `pk` (and a number `sort_key`), once it is ACTIVE."""
+    keys = [{"AttributeName": "pk", "KeyType": "HASH"}]
+    types = [{"AttributeName": "pk", "AttributeType": "S"}]
+    if sort_key is not None:
+        keys.append({"AttributeName": sort_key, "KeyType": "RANGE"})
+        types.append({"AttributeName": sort_key, "AttributeType": "N"})
     await admin.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
+        TableName=name, KeySchema=keys, AttributeDefinitions=types, BillingMode="PAY_PER_REQUEST"
     )
     for _ in range(100):
         table = (await admin.describe_table(TableName=name))["Table"]
@@ -192,23 +194,7 @@ async def query_rooms(url: str, rooms: int, queries: int) -> None:
 
     settings = CommonSettings(dynamo_url=url, table_prefix="t_")
     async with open_dynamo_admin(settings) as client:
-        await client.create_table(
-            TableName="t_rows",
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "N"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        for _ in range(100):
-            table = (await client.describe_table(TableName="t_rows"))["Table"]
-            if table["TableStatus"] == "ACTIVE":
-                break
-            await asyncio.sleep(0.05)
+        await new_table(client, "t_rows", sort_key="sk")
         for r in range(rooms):
             for sk in (1, 2, 3):
                 item = {"pk": {"S": f"r{r}"}, "sk": {"N": str(sk)}}
