@@ -246,6 +246,37 @@ async def test_abusive_client_closed_4429_others_unaffected(secure: SecureMesh) 
         await good.close()
 
 
+async def test_room_creation_is_rate_limited_per_user(secure: SecureMesh) -> None:
+    """A user creates at most 30 rooms at once (CHAT_ROOM_CREATE_BURST), then 429
+    `rate_limited` over HTTP and the same code over WS; another user still creates rooms."""
+    alice, bob, carol = await users(secure.mesh, "Creator", "Invited", "Other")
+    url = f"{secure.rooms.url}/rooms"
+    async with httpx.AsyncClient(timeout=10) as http:
+        statuses = []
+        for _ in range(35):
+            r = await http.post(
+                url, json={"participants": [bob["id"]]}, headers=auth(alice["token"])
+            )
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert r.json()["error"]["code"] == "rate_limited"
+                break
+        assert statuses[-1] == 429, statuses
+        assert 25 <= statuses.count(201) <= 31, statuses  # the burst, and what refilled meanwhile
+        other = await http.post(
+            url, json={"participants": [bob["id"]]}, headers=auth(carol["token"])
+        )
+        assert other.status_code == 201, other.text
+    ws = await connect(secure.ws_url(0, alice["token"]), alice["id"])
+    try:
+        await ws.send({"action": "create_room", "participants": [bob["id"]], "requestId": "over"})
+        refused = await ws.wait_for(lambda f: f.get("requestId") == "over")
+        assert refused["type"] == "error"
+        assert refused["error"]["code"] == "rate_limited"
+    finally:
+        await ws.close()
+
+
 async def test_a_sync_naming_rooms_not_yours_counts_each_as_a_refusal(secure: SecureMesh) -> None:
     """Each named room the caller is not in gets its `error` frame (the contract) and counts
     as a refused frame: one `sync` naming 1,000 such rooms closes the connection with 4429

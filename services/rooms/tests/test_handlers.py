@@ -281,3 +281,23 @@ async def test_refused_creation_does_not_use_up_the_key() -> None:
     assert store.keys == {}
     room = await handlers.create_room(deps, keyed("alice", ["bob"], "k-1"))
     assert [p.id for p in room.participants] == ["alice", "bob"]
+
+
+async def test_room_creation_is_rate_limited_per_creator() -> None:
+    """Past their burst a creator is refused with `rate_limited` (429) before anything is
+    read or written; another creator is not affected."""
+    from infra.limits import RecentBuckets
+
+    deps, store, publisher, _ = make_deps(known=["alice", "bob", "carol"])
+    deps.creations = RecentBuckets(3, 0.001)
+    for _ in range(3):
+        await handlers.create_room(deps, cmd("alice", ["bob"]))
+    with pytest.raises(ChatError) as refused:
+        await handlers.create_room(deps, cmd("alice", ["carol"]))
+    assert refused.value.code == ErrorCode.RATE_LIMITED
+    assert refused.value.status == 429
+    assert len(store.rooms) == 3
+    assert len(publisher.published) == 3
+    assert store.outbox == {}
+    room = await handlers.create_room(deps, cmd("bob", ["carol"]))
+    assert room.id in store.rooms

@@ -26,6 +26,7 @@ from infra.http import (
     install_common_middleware,
     install_error_handlers,
 )
+from infra.limits import RecentBuckets
 from infra.store import open_dynamo
 from rooms_service import handlers
 from rooms_service.adapters.publisher import JetStreamPublisher
@@ -86,6 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 users=NatsUserDirectory(nc, settings.users_query_timeout_seconds),
                 max_participants=settings.max_participants,
                 outbox_min_age_seconds=settings.outbox_min_age_seconds,
+                creations=RecentBuckets(
+                    settings.room_create_burst, settings.room_create_per_second
+                ),
             )
             app.state.deps = deps
             app.state.nc = nc

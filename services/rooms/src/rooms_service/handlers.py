@@ -26,6 +26,7 @@ from contracts.bus import CreateRoomCommand, RoomCreated, UserCreated
 from contracts.common import utc_now_iso
 from contracts.errors import ChatError, ErrorCode
 from contracts.rest import Room, User
+from infra.limits import RecentBuckets
 from rooms_service import domain
 from rooms_service.adapters.publisher import EventPublisher, encode_event
 from rooms_service.adapters.store import KeyClaim, OutboxEntry, RoomStore
@@ -43,6 +44,8 @@ class Deps:
     users: UserDirectory
     max_participants: int = 100
     outbox_min_age_seconds: float = 2.0
+    # rooms a user may create: a burst, then a rate (None: unlimited, the unit tests' default)
+    creations: RecentBuckets | None = None
     clock: Callable[[], float] = field(default=time.time)
     new_room_id: Callable[[], str] = field(default=domain.new_room_id)
     now_iso: Callable[[], str] = field(default=utc_now_iso)
@@ -91,7 +94,15 @@ async def user_created(deps: Deps, events: Sequence[UserCreated]) -> None:
 
 
 async def create_room(deps: Deps, command: CreateRoomCommand) -> Room:
-    """Create a room for `command.userId` (the token's subject) and announce it (RoomCreated)."""
+    """Create a room for `command.userId` (the token's subject) and announce it (RoomCreated).
+
+    A creator past their rate is refused with `rate_limited` (429) before anything is read or
+    written: creating rooms puts other users in them, and every room a user is in adds to their
+    room list, their syncs and their event streams' resumes (a new user's audit made 3,000 rooms
+    for 99 others in 29 s). Retries with an Idempotency-Key take from the same budget.
+    """
+    if deps.creations is not None and not deps.creations.take(command.userId, time.monotonic()):
+        raise ChatError(ErrorCode.RATE_LIMITED, "too many rooms created; slow down", 429)
     ids = domain.normalize_participants(command.userId, command.participants, deps.max_participants)
     names = await resolve_users(deps, ids)
     room_id, created_at = deps.new_room_id(), deps.now_iso()

@@ -15,6 +15,9 @@ class Settings(CommonSettings):
     port: int = Field(default=8003, ge=0, le=65535)
 
     max_participants: int = Field(default=PARTICIPANTS_MAX, ge=1, le=1000)
+    # rooms one user may create (per replica): a burst, then this many per second
+    room_create_burst: int = Field(default=30, ge=1)
+    room_create_per_second: float = Field(default=0.5, gt=0)
     # Asking users for ids missing from our read model (read-after-write).
     users_query_timeout_seconds: float = Field(default=2.0, gt=0)
     # JetStream publish of RoomCreated: wait this long for the stream's ack.
