@@ -1,7 +1,7 @@
 """Run an ASGI app with uvicorn (uvloop, httptools) on the settings' host and port, with the
-garbage collector tuned for a server (`tune_gc`) and a deadline for request headers
-(`header_deadline_protocol`). Every service serves through here (the edge builds its own
-server for its shutdown hook, with the same pieces)."""
+garbage collector tuned for a server (`tune_gc`) and a deadline and a size limit for request
+headers (`header_deadline_protocol`). Every service serves through here (the edge builds its
+own server for its shutdown hook, with the same pieces)."""
 
 from __future__ import annotations
 

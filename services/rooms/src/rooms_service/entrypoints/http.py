@@ -46,9 +46,9 @@ router = APIRouter(prefix="/rooms", tags=["rooms"], strict_content_type=False)
         "`RoomCreated` is published and every online participant receives `room_created`. "
         "With an `Idempotency-Key`, sending the same request again (say after a timeout) "
         "answers the room the first one created instead of creating another; the same key "
-        "with other participants is a 409 `conflict`. A user creates at most 30 rooms at once, "
-        "then one every 2 s (`CHAT_ROOM_CREATE_BURST`, `CHAT_ROOM_CREATE_PER_SECOND`): beyond "
-        "that, 429 `rate_limited`."
+        "with other participants is a 409 `conflict`. By default a user creates at most 30 "
+        "rooms at once, then one every 2 s (`CHAT_ROOM_CREATE_BURST`, "
+        "`CHAT_ROOM_CREATE_PER_SECOND`): beyond that, 429 `rate_limited`."
     ),
     responses={
         **ERROR_RESPONSES,
