@@ -51,8 +51,9 @@ class Announcements:
 
 
 async def _settled(done: Callable[[], bool]) -> None:
-    """Wait up to 5 s for `done` (the assertions after it say what was missing)."""
-    for _ in range(100):
+    """Wait up to 20 s for `done` (the assertions after it say what was missing; 5 s was once
+    too short on a machine loaded by other suites)."""
+    for _ in range(400):
         await asyncio.sleep(0.05)
         if done():
             return
