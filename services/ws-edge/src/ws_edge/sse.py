@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from contracts.bus import HistoryRangeQuery
+from contracts.bus import GetRoomReply, HistoryRangeQuery
 from contracts.ws import MessageCreatedFrame, RoomCreatedFrame, SyncedFrame
 from ws_edge.connection import Connection
 from ws_edge.domain.position import Spans, encode_position, resume_after
@@ -32,6 +32,7 @@ from ws_edge.hub import Hub, encode
 log = logging.getLogger(__name__)
 
 REPLAY_PAGE = 500
+ROOM_LOOKUPS = 16  # rooms asked about at once when a resume announces rooms
 POSITION_FRAMES = ("message_created", "room_created", "synced")
 
 
@@ -120,11 +121,20 @@ async def open_stream(
                 latest[room_id] = last
             conn.announced_rooms.update(rooms)
         else:
-            for room_id in sorted(rooms - set(position)):
-                if room_id in conn.announced_rooms:
-                    continue
-                got_room = await hub.bus.get_room(room_id)
+            # rooms the position does not name are announced first; asked of rooms a few at a
+            # time (one after another took seconds for a user in thousands of rooms) and sent
+            # in order, with the replay's backpressure
+            missing = [r for r in sorted(rooms - set(position)) if r not in conn.announced_rooms]
+            gate = asyncio.Semaphore(ROOM_LOOKUPS)
+
+            async def look_up(room_id: str) -> GetRoomReply:
+                async with gate:
+                    return await hub.bus.get_room(room_id)
+
+            found = await asyncio.gather(*(look_up(r) for r in missing))
+            for room_id, got_room in zip(missing, found, strict=True):
                 if got_room.room is not None:
+                    await _room_space(conn)
                     conn.announced_rooms.add(room_id)
                     conn.push(encode(RoomCreatedFrame(room=got_room.room)))
             conn.announced_rooms.update(rooms)

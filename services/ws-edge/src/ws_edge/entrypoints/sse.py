@@ -105,6 +105,10 @@ class EventStream(Response):
         try:
             await open_stream(hub, conn, self.position, admission is Admission.REGISTERED)
             await ended.wait()
+        except TimeoutError:
+            # a service did not answer while the stream was opened (overload): the client
+            # reconnects with its last event id; not a fault of this code, so no traceback
+            log.warning("event stream ended: a service did not answer in time")
         except Exception:
             log.exception("event stream failed")
         finally:
