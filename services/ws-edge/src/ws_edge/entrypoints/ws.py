@@ -165,14 +165,15 @@ class _FrameMeter:
         self.conn = conn
 
     def __call__(self) -> bool:
-        conn = self.conn
-        if conn.closed:
-            return False
-        now = time.monotonic()
-        if conn.bucket.take(now):
-            return True
-        _refuse(conn, error_frame(ErrorCode.RATE_LIMITED, "too many frames; slow down"), now)
-        return False
+        return not self.conn.closed and _take_frame(self.conn, time.monotonic())
+
+
+def _take_frame(conn: Connection, now: float) -> bool:
+    """One frame from the connection's bucket; a frame beyond it is refused (`rate_limited`)."""
+    if conn.bucket.take(now):
+        return True
+    _refuse(conn, error_frame(ErrorCode.RATE_LIMITED, "too many frames; slow down"), now)
+    return False
 
 
 def _refuse(conn: Connection, frame: ErrorFrame, now: float) -> None:
@@ -216,8 +217,7 @@ async def _read_loop(
                 now,
             )
             continue
-        if not conn.bucket.take(now):
-            _refuse(conn, error_frame(ErrorCode.RATE_LIMITED, "too many frames; slow down"), now)
+        if not _take_frame(conn, now):
             continue
         if not user_bucket.take(now):
             why = "too many frames from this user's connections; slow down"
