@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
@@ -227,12 +230,25 @@ async def test_rate_per_user_across_connections(secure: SecureMesh) -> None:
         await a2.close()
 
 
+@contextlib.asynccontextmanager
+async def _abuser_beside(
+    secure: SecureMesh, name: str, **connect_options: Any
+) -> AsyncIterator[tuple[WsClient, WsClient]]:
+    """A client of user `name` about to misbehave, and another user's client on the same edge
+    (which must stay served); both closed at the end."""
+    abuser, bystander = await users(secure.mesh, name, "Bystander")
+    bad = await connect(secure.ws_url(0, abuser["token"]), abuser["id"], **connect_options)
+    good = await connect(secure.ws_url(0, bystander["token"]), bystander["id"])
+    try:
+        yield bad, good
+    finally:
+        await bad.close()
+        await good.close()
+
+
 async def test_abusive_client_closed_4429_others_unaffected(secure: SecureMesh) -> None:
     """100 refused frames within 10 s close the connection with 4429; another client is fine."""
-    alice, bob = await users(secure.mesh, "Alice", "Bob")
-    bad = await connect(secure.ws_url(0, alice["token"]), alice["id"])
-    good = await connect(secure.ws_url(0, bob["token"]), bob["id"])
-    try:
+    async with _abuser_beside(secure, "Alice") as (bad, good):
         for _ in range(150):
             if bad.closed.is_set():
                 break
@@ -241,9 +257,6 @@ async def test_abusive_client_closed_4429_others_unaffected(secure: SecureMesh) 
         assert bad.close_code == 4429
         assert _errors(bad, "invalid_json")
         await roundtrip(good)
-    finally:
-        await bad.close()
-        await good.close()
 
 
 async def test_room_creation_is_rate_limited_per_user(secure: SecureMesh) -> None:
@@ -281,10 +294,7 @@ async def test_a_sync_naming_rooms_not_yours_counts_each_as_a_refusal(secure: Se
     """Each named room the caller is not in gets its `error` frame (the contract) and counts
     as a refused frame: one `sync` naming 1,000 such rooms closes the connection with 4429
     instead of being answered with 1,000 frames a time at the full frame rate."""
-    alice, bob = await users(secure.mesh, "Namer", "Bystander")
-    bad = await connect(secure.ws_url(0, alice["token"]), alice["id"])
-    good = await connect(secure.ws_url(0, bob["token"]), bob["id"])
-    try:
+    async with _abuser_beside(secure, "Namer") as (bad, good):
         rooms = {f"room_not_yours_{n}": 0 for n in range(1000)}
         await bad.send({"action": "sync", "rooms": rooms, "requestId": "many"})
         await asyncio.wait_for(bad.closed.wait(), 10)
@@ -292,19 +302,13 @@ async def test_a_sync_naming_rooms_not_yours_counts_each_as_a_refusal(secure: Se
         assert _errors(bad, "not_participant")  # refused with the contract's error frames
         await roundtrip(good)
         assert secure.alive()
-    finally:
-        await bad.close()
-        await good.close()
 
 
 async def test_a_ping_flood_is_refused_and_closed_4429(secure: SecureMesh) -> None:
     """Pings and pongs are frames too: 5,000 pings sent at once take the connection's frame
     bucket (200), each one beyond it is refused with `rate_limited`, and the connection is
     closed with 4429 like any abusive client; the node keeps serving others."""
-    alice, bob = await users(secure.mesh, "Pinger", "Bystander")
-    bad = await connect(secure.ws_url(0, alice["token"]), alice["id"], ping_interval=None)
-    good = await connect(secure.ws_url(0, bob["token"]), bob["id"])
-    try:
+    async with _abuser_beside(secure, "Pinger", ping_interval=None) as (bad, good):
         ping = Frame(Opcode.PING, b"p").serialize(mask=True, extensions=[])
         transport = bad.ws.transport
         for _ in range(10):  # 10 writes of 500 pings: no wait for any pong
@@ -317,19 +321,13 @@ async def test_a_ping_flood_is_refused_and_closed_4429(secure: SecureMesh) -> No
         assert len(refused) <= 100  # the abuse meter's threshold (CHAT_ABUSE_REFUSALS)
         await roundtrip(good)
         assert secure.alive()
-    finally:
-        await bad.close()
-        await good.close()
 
 
 async def test_a_message_in_endless_fragments_is_closed_4429(secure: SecureMesh) -> None:
     """Empty continuation frames never reach the size limit: a text message that never ends,
     in 5,000 empty fragments, takes the frame bucket and the socket is failed with 4429; the
     node keeps serving others."""
-    alice, bob = await users(secure.mesh, "Fragmenter", "Bystander")
-    bad = await connect(secure.ws_url(0, alice["token"]), alice["id"], ping_interval=None)
-    good = await connect(secure.ws_url(0, bob["token"]), bob["id"])
-    try:
+    async with _abuser_beside(secure, "Fragmenter", ping_interval=None) as (bad, good):
         first = Frame(Opcode.TEXT, b"{", fin=False).serialize(mask=True, extensions=[])
         more = Frame(Opcode.CONT, b"", fin=False).serialize(mask=True, extensions=[])
         transport = bad.ws.transport
@@ -347,9 +345,6 @@ async def test_a_message_in_endless_fragments_is_closed_4429(secure: SecureMesh)
             lambda f: f.get("type") == "synced" and f.get("requestId") == "in-fragments"
         )
         assert secure.alive()
-    finally:
-        await bad.close()
-        await good.close()
 
 
 async def _answer_and_close(reader: asyncio.StreamReader) -> bytes:
