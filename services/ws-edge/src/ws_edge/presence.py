@@ -7,11 +7,15 @@ between nodes do not flap:
 - `chat:presence:online` (set): users announced online. A node registering a user's connection
   adds the user; only the node whose `SADD` added it announces `online` (once, whatever the node).
 - `chat:presence:gone` (hash, user -> ms): when a user was first seen with no connection on a
-  live node. A check (`OFFLINE_SCRIPT`, atomic in Redis) announces `offline` only once the user
+  live node. A check (`_CHECK_LUA`, atomic in Redis) announces `offline` only once the user
   has had no connection anywhere for `presence_grace_seconds`; any connection clears it.
 - Checks run when a node's last local connection of a user closes (at once, and again after the
   grace period), and in a sweep (one node at a time, under a short Redis lock) that catches users
   of crashed or stopped nodes, whose entries stop counting when the node's liveness key expires.
+- A node's arrivals and checks are applied in the order they happened, many per Redis call
+  (`CHANGES_SCRIPT`): a crowd arriving or leaving at once (a network blip, a load balancer
+  moving clients) costs a few calls instead of three or four per user, which used to keep the
+  node's event loop busy for seconds at the moment and again one grace period later.
 
 Changes travel as `PresenceChanged` on core NATS (`chat.presence.changed`) with the user's room
 ids; every edge node pushes a `presence` frame to its local connections in those rooms (it finds
@@ -24,7 +28,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -35,7 +41,7 @@ from pydantic import ValidationError
 from contracts import subjects
 from contracts.bus import PresenceChanged
 from contracts.ws import PresenceFrame
-from ws_edge.adapters.connmap import ALIVE_LUA, MEMBERS_KEY, conns_key, users_key
+from ws_edge.adapters.connmap import ALIVE_LUA, FORGET_LUA, MEMBERS_KEY, conns_key, users_key
 
 if TYPE_CHECKING:
     from ws_edge.hub import Hub
@@ -46,6 +52,11 @@ ONLINE_KEY = "chat:presence:online"
 GONE_KEY = "chat:presence:gone"
 SWEEP_LOCK_KEY = "chat:presence:sweep"
 SWEEP_BATCH = 500  # users checked per Redis round trip in a sweep
+CHANGE_BATCH = 500  # a node's arrivals and checks applied per Redis round trip
+# a last check that finds the user still within the grace period (their grace began later than
+# this node thought: another node saw them leave, or the first check waited in a crowd) looks
+# again after half a grace period, this many times at most
+LAST_CHECK_RETRIES = 4
 
 # The offline check of one user, shared by the scripts below. Returns 1 when the user is now
 # offline (removed from the online set: announce it), 0 when online or never announced, -1 when
@@ -79,10 +90,33 @@ end
 """
 )
 
-# KEYS: conns hash of the user, online set, gone hash. ARGV: user, now ms, grace ms.
-OFFLINE_SCRIPT = (
+# A node's presence changes in the order they happened, in one call. KEYS: online set, gone
+# hash, the process's users set, then each change's user's conns hash. ARGV: now ms, grace ms,
+# the process's entry value (member), then each change's kind and user. Kinds: `a` arrived
+# (result 1: newly online, announce it), `c` left (the check that starts the grace period), `l`
+# last check, `L` last check after which, once settled, the process forgets the user (no
+# connection of theirs is left on it). Returns each change's result (checks: as `check`).
+CHANGES_SCRIPT = (
     _CHECK_LUA
-    + "return check(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))"
+    + FORGET_LUA
+    + """
+local now, grace, member, results = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], {}
+for i = 4, #KEYS do
+  local kind, user = ARGV[2 * i - 4], ARGV[2 * i - 3]
+  local result
+  if kind == 'a' then
+    result = redis.call('SADD', KEYS[1], user)
+    redis.call('HDEL', KEYS[2], user)
+  else
+    result = check(KEYS[i], KEYS[1], KEYS[2], user, now, grace)
+    if kind == 'L' and result ~= -1 then
+      forget(KEYS[3], KEYS[i], user, member)
+    end
+  end
+  results[#results + 1] = result
+end
+return results
+"""
 )
 
 # A sweep's batch of a dead process's users in one call. KEYS: online set, gone hash, the
@@ -110,6 +144,16 @@ return offline
 )
 
 
+@dataclass(slots=True)
+class _Change:
+    """One arrival or check of a user on this node, waiting for the next changes call."""
+
+    kind: str  # "a" arrived, "c" left, "l" last check (made "L" when it may forget)
+    user_id: str
+    rooms: list[str] | None  # announced with the change (None: asked from rooms)
+    attempt: int = 0  # last checks: how many found the grace period still running
+
+
 class Presence:
     """One node's part in presence: announce its users' changes, deliver everyone's."""
 
@@ -117,8 +161,10 @@ class Presence:
         self.hub = hub
         self.redis = redis
         self.grace = grace_seconds
-        self._script = redis.register_script(OFFLINE_SCRIPT)
+        self._changes_script = redis.register_script(CHANGES_SCRIPT)
         self._sweep_script = redis.register_script(SWEEP_SCRIPT)
+        self._changes: deque[_Change] = deque()
+        self._applying = False
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._checks: dict[str, asyncio.TimerHandle] = {}
@@ -167,7 +213,7 @@ class Presence:
         handle = self._checks.pop(user_id, None)
         if handle is not None:
             handle.cancel()
-        self._spawn(self._came(user_id, None if rooms is None else sorted(rooms)))
+        self._queue(_Change("a", user_id, None if rooms is None else sorted(rooms)))
 
     def disconnected(self, user_id: str, rooms: Collection[str] | None = None) -> None:
         """This node's last connection of `user_id` closed: check now and after the grace.
@@ -179,14 +225,8 @@ class Presence:
         if self.stopping:
             return
         known = None if rooms is None else sorted(rooms)
-        self._spawn(self._check(user_id, rooms=known))
-        old = self._checks.pop(user_id, None)
-        if old is not None:
-            old.cancel()
-        loop = asyncio.get_running_loop()
-        self._checks[user_id] = loop.call_later(
-            self.grace + 0.1, lambda: self._spawn(self._check(user_id, final=True, rooms=known))
-        )
+        self._queue(_Change("c", user_id, known))
+        self._last_check_later(_Change("l", user_id, known), self.grace + 0.1)
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -196,46 +236,89 @@ class Presence:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _came(self, user_id: str, rooms: list[str] | None = None) -> None:
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.sadd(ONLINE_KEY, user_id)
-            pipe.hdel(GONE_KEY, user_id)
-            added, _ = await pipe.execute()
-            if added:
-                await self._announce(user_id, online=True, rooms=rooms)
-        except Exception as exc:
-            log.warning("presence (online) failed for %s: %s", user_id, exc)
+    def _last_check_later(self, change: _Change, delay: float) -> None:
+        """Queue the user's last check after `delay` (replacing a pending one: a connection
+        of theirs cancels it)."""
+        old = self._checks.pop(change.user_id, None)
+        if old is not None:
+            old.cancel()
 
-    async def _check(
-        self, user_id: str, final: bool = False, rooms: list[str] | None = None
-    ) -> None:
-        if final:
-            self._checks.pop(user_id, None)
-        try:
-            if await self._run_script(user_id) == 1:
-                await self._announce(user_id, online=False, rooms=rooms)
-            if final and user_id not in self.hub.by_user:
-                # settled here: a sweep of this process (after a crash) need not check them
-                await self.hub.connmap.forget(user_id)
-        except Exception as exc:
-            log.warning("presence (offline check) failed for %s: %s", user_id, exc)
+        def due() -> None:
+            self._checks.pop(change.user_id, None)
+            self._queue(change)
 
-    async def _run_script(self, user_id: str) -> int:
-        """OFFLINE_SCRIPT for one user, with the KEYS and ARGV it reads."""
-        result = await self._script(
-            keys=[conns_key(user_id), ONLINE_KEY, GONE_KEY],
-            args=[user_id, int(time.time() * 1000), int(self.grace * 1000)],
-        )
-        return int(result)
+        self._checks[change.user_id] = asyncio.get_running_loop().call_later(delay, due)
+
+    def _queue(self, change: _Change) -> None:
+        """Queue a change; the changes queued meanwhile go to Redis together, in order."""
+        self._changes.append(change)
+        if not self._applying and not self.stopping:
+            self._applying = True
+            # a task, not a call now: the rest of this loop turn's changes join the first call
+            self._spawn(self._apply())
+
+    async def _apply(self) -> None:
+        """Apply the queued changes, CHANGE_BATCH per Redis call, until none is left."""
+        try:
+            while self._changes and not self.stopping:
+                count = min(len(self._changes), CHANGE_BATCH)
+                batch = [self._changes.popleft() for _ in range(count)]
+                for change, result in zip(batch, await self._call(batch), strict=True):
+                    await self._applied(change, result)
+        finally:
+            self._applying = False
+
+    async def _call(self, batch: list[_Change]) -> list[int]:
+        """CHANGES_SCRIPT for `batch`; when Redis fails, results that change nothing (a last
+        check then looks again later)."""
+        for change in batch:
+            if change.kind == "l" and change.user_id not in self.hub.by_user:
+                change.kind = "L"  # settled here: a sweep of this process need not check them
+        member = self.hub.connmap.member
+        try:
+            args: list[str | int] = [int(time.time() * 1000), int(self.grace * 1000), member]
+            for change in batch:
+                args += (change.kind, change.user_id)
+            results = await self._changes_script(
+                keys=[ONLINE_KEY, GONE_KEY, users_key(member)]
+                + [conns_key(c.user_id) for c in batch],
+                args=args,
+            )
+            return [int(r) for r in results]
+        except Exception as exc:
+            log.warning("presence: %d changes failed: %s", len(batch), exc)
+            return [-1 if c.kind in ("l", "L") else 0 for c in batch]
+
+    async def _applied(self, change: _Change, result: int) -> None:
+        """Announce what a change did; a last check that found the grace period running (or
+        failed) looks again later, unless a newer check of the user is pending."""
+        if result == 1:
+            online = change.kind == "a"
+            if change.rooms is None:
+                self._spawn(self._announce(change.user_id, online))  # a rooms query: not inline
+            else:
+                await self._announce(change.user_id, online, change.rooms)
+        elif (
+            result == -1
+            and change.kind in ("l", "L")
+            and change.attempt < LAST_CHECK_RETRIES
+            and change.user_id not in self._checks
+        ):
+            retry = _Change("l", change.user_id, change.rooms, change.attempt + 1)
+            self._last_check_later(retry, self.grace / 2 + 0.1)
 
     async def _announce(self, user_id: str, online: bool, rooms: list[str] | None = None) -> None:
-        if rooms is None:
-            rooms = await self.hub.bus.user_rooms(user_id)
-        if not rooms:
-            return  # shares no room: nobody is told (GET /presence reads Redis, not events)
-        event = PresenceChanged(userId=user_id, online=online, roomIds=rooms)
-        await self.hub.bus.nc.publish(subjects.PRESENCE_CHANGED, event.model_dump_json().encode())
+        try:
+            if rooms is None:
+                rooms = await self.hub.bus.user_rooms(user_id)
+            if not rooms:
+                return  # shares no room: nobody is told (GET /presence reads Redis, not events)
+            event = PresenceChanged(userId=user_id, online=online, roomIds=rooms)
+            payload = event.model_dump_json().encode()
+            await self.hub.bus.nc.publish(subjects.PRESENCE_CHANGED, payload)
+        except Exception as exc:
+            state = "online" if online else "offline"
+            log.warning("presence (%s) not announced for %s: %s", state, user_id, exc)
 
     async def _on_changed(self, msg: Msg) -> None:
         try:

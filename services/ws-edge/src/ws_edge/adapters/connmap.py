@@ -100,16 +100,20 @@ return 1
 )
 
 
-# KEYS[1]: the process's users set, KEYS[2]: the user's conns hash. ARGV: user id, entry value
-# of the process. The user leaves the set unless the process registered them again meanwhile
-# (checked here, in Redis, so that a reconnect racing with it keeps its place).
-FORGET_SCRIPT = """
-for _, member in ipairs(redis.call('HVALS', KEYS[2])) do
-  if member == ARGV[2] then
-    return 0
+# forget(users set of the process, the user's conns hash, user id, entry value of the process):
+# the user leaves the process's users set unless the process registered them again meanwhile
+# (checked here, in Redis, so that a reconnect racing with it keeps its place). Called by the
+# presence changes script (`ws_edge/presence.py`) once the process's last check of the user
+# is made, in the same call as that check.
+FORGET_LUA = """
+local function forget(users, conns, user, member)
+  for _, entry in ipairs(redis.call('HVALS', conns)) do
+    if entry == member then
+      return 0
+    end
   end
+  return redis.call('SREM', users, user)
 end
-return redis.call('SREM', KEYS[1], ARGV[1])
 """
 
 
@@ -123,7 +127,6 @@ class ConnectionMap(Protocol):
     async def heartbeat(self, local: Mapping[str, str]) -> None: ...
     async def nodes_of(self, user_ids: list[str]) -> dict[str, list[str]]: ...
     async def reserve(self, user_id: str, conn_id: str, limit: int) -> bool: ...
-    async def forget(self, user_id: str) -> None: ...
     async def dead_members(self) -> list[str]: ...
 
 
@@ -141,7 +144,6 @@ class RedisConnectionMap:
         self.interval = min(1.0, ttl_seconds / 3)
         self.run_id: str | None = None
         self._reserve = redis.register_script(RESERVE_SCRIPT)
-        self._forget = redis.register_script(FORGET_SCRIPT)
 
     async def register(self, user_id: str, conn_id: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -190,13 +192,6 @@ class RedisConnectionMap:
                 await pipe.execute()
             await self.redis.set(_epoch_key(self.node), self.epoch)
             log.info("registered %d local connections in redis", len(local))
-
-    async def forget(self, user_id: str) -> None:
-        """This process is done with `user_id` (no connection here, its last check made):
-        the user leaves the process's users set, which only a sweep of it would read."""
-        await self._forget(
-            keys=[users_key(self.member), conns_key(user_id)], args=[user_id, self.member]
-        )
 
     async def dead_members(self) -> list[str]:
         """The processes that registered someone and whose liveness has expired (or that left)."""
