@@ -148,7 +148,7 @@ return offline
 class _Change:
     """One arrival or check of a user on this node, waiting for the next changes call."""
 
-    kind: str  # "a" arrived, "c" left, "l" last check (made "L" when it may forget)
+    kind: str  # "a" arrived, "c" left, "l" last check
     user_id: str
     rooms: list[str] | None  # announced with the change (None: asked from rooms)
     attempt: int = 0  # last checks: how many found the grace period still running
@@ -271,14 +271,14 @@ class Presence:
     async def _call(self, batch: list[_Change]) -> list[int]:
         """CHANGES_SCRIPT for `batch`; when Redis fails, results that change nothing (a last
         check then looks again later)."""
-        for change in batch:
-            if change.kind == "l" and change.user_id not in self.hub.by_user:
-                change.kind = "L"  # settled here: a sweep of this process need not check them
         member = self.hub.connmap.member
         try:
             args: list[str | int] = [int(time.time() * 1000), int(self.grace * 1000), member]
             for change in batch:
-                args += (change.kind, change.user_id)
+                kind = change.kind
+                if kind == "l" and change.user_id not in self.hub.by_user:
+                    kind = "L"  # none of theirs left here: a sweep of this process need not check
+                args += (kind, change.user_id)
             results = await self._changes_script(
                 keys=[ONLINE_KEY, GONE_KEY, users_key(member)]
                 + [conns_key(c.user_id) for c in batch],
@@ -287,7 +287,7 @@ class Presence:
             return [int(r) for r in results]
         except Exception as exc:
             log.warning("presence: %d changes failed: %s", len(batch), exc)
-            return [-1 if c.kind in ("l", "L") else 0 for c in batch]
+            return [-1 if c.kind == "l" else 0 for c in batch]
 
     async def _applied(self, change: _Change, result: int) -> None:
         """Announce what a change did; a last check that found the grace period running (or
@@ -300,7 +300,7 @@ class Presence:
                 await self._announce(change.user_id, online, change.rooms)
         elif (
             result == -1
-            and change.kind in ("l", "L")
+            and change.kind == "l"
             and change.attempt < LAST_CHECK_RETRIES
             and change.user_id not in self._checks
         ):
