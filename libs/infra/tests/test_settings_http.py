@@ -67,6 +67,7 @@ def test_error_shapes() -> None:
             "invalid_json",
         ),
         (client.post("/users", json=[1, 2]), 400, "validation_error"),
+        (client.post("/users"), 400, "validation_error"),
         (client.post("/users", json={"name": 5}), 400, "invalid_name"),
         (
             client.post("/users", json={"name": "a", "avatar": "javascript:x"}),
@@ -90,6 +91,7 @@ def test_error_shapes() -> None:
         assert response.json()["error"]["code"] == code
         assert response.json()["error"]["message"]
     assert cases[0][0].headers["x-content-type-options"] == "nosniff"
+    assert cases[2][0].json()["error"]["message"] == "request body required: a JSON object"
 
 
 def test_streamed_body_over_limit() -> None:

@@ -113,6 +113,13 @@ def test_parse_page_refusals(
     assert info.value.status == 400
 
 
+def test_a_cursor_too_long_is_named_as_such() -> None:
+    """A non-negative number of more than 20 digits is refused with a message saying why."""
+    with pytest.raises(ChatError) as info:
+        parse_page(None, "9" * 23, None)
+    assert info.value.message == "before must be a non-negative integer of at most 20 digits"
+
+
 def test_make_page_older_with_more() -> None:
     """A descending read of limit+1 rows gives the page oldest first and a before cursor."""
     rows = list(reversed(messages(range(70, 121))))  # 51 rows, newest first

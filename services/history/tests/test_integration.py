@@ -203,6 +203,10 @@ async def test_access_is_checked(history: ServiceProcess, nc: NATS) -> None:
         unknown = await http.get(f"{history.url}/rooms/nope_{room}/messages", headers=token("bob"))
         assert unknown.status_code == 404
         assert unknown.json()["error"]["code"] == "unknown_room"
+        # an id no room can have is refused the same way, without echoing what was sent
+        garbage = await http.get(f"{history.url}/rooms/%00%ff/messages", headers=token("bob"))
+        assert garbage.status_code == 404
+        assert garbage.json()["error"] == {"code": "unknown_room", "message": "unknown room"}
 
 
 async def wait_for_room(http: httpx.AsyncClient, url: str) -> None:

@@ -43,6 +43,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[ErrorCode, str]:
     loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return ErrorCode.INVALID_JSON, "request body is not valid JSON"
+    if loc == ("body",) and first.get("type") == "missing":
+        return ErrorCode.VALIDATION_ERROR, "request body required: a JSON object"
     field = ".".join(str(p) for p in loc if p not in ("body", "query", "path"))
     msg = str(first.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ")

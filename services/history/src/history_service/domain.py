@@ -140,7 +140,7 @@ def _count(raw: str) -> int | None:
 def _parse_int(raw: str, code: ErrorCode, name: str) -> int:
     value = _count(raw)
     if value is None:
-        raise ChatError(code, f"{name} must be a non-negative integer")
+        raise ChatError(code, f"{name} must be a non-negative integer of at most 20 digits")
     return value
 
 

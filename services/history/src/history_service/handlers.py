@@ -308,7 +308,9 @@ async def list_messages(
     store: MessageStore, rooms: RoomAccess, user_id: str, room_id: str, page: PageRequest
 ) -> Page:
     """`GET /rooms/{id}/messages`: one page for a participant (404 unknown, 403 not in it)."""
-    room = await rooms.room(room_id) if is_identifier(room_id) else None
+    if not is_identifier(room_id):  # not echoed: it may hold anything a URL can
+        raise ChatError(ErrorCode.UNKNOWN_ROOM, "unknown room", 404)
+    room = await rooms.room(room_id)
     if room is None:
         raise ChatError(ErrorCode.UNKNOWN_ROOM, f"unknown room {room_id}", 404)
     if not room.has(user_id):
