@@ -17,7 +17,7 @@ PIPFILTER := { grep -v "is ignored: it is neither" || true; }
 # touches anything before the check passes).
 run:
 	@$(PY) compose/preflight.py
-	@$(MAKE) --no-print-directory install
+	@$(MAKE) -s --no-print-directory install
 	@$(BIN)/python -m mesh run
 
 install: $(STAMP) compose/node_modules/.installed

@@ -94,6 +94,27 @@ def test_held_port_is_reported_and_holder_keeps_working() -> None:
             conn.close()
 
 
+def test_every_held_port_is_reported_at_once() -> None:
+    """With two configured ports taken, preflight names both (and both variables) in one go."""
+    env = port_env()
+    with socket.socket() as first, socket.socket() as second:
+        held = []
+        for holder in (first, second):
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            held.append(holder.getsockname()[1])
+        env["CHAT_USERS_PORT"], env["CHAT_ROOMS_PORT"] = (str(p) for p in held)
+        result = subprocess.run(
+            [sys.executable, str(PREFLIGHT)], env=env, capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode != 0
+    assert "2 ports cannot be used" in result.stderr
+    assert f"port {held[0]} (users HTTP) is in use" in result.stderr
+    assert f"port {held[1]} (rooms HTTP) is in use" in result.stderr
+    assert "CHAT_USERS_PORT" in result.stderr
+    assert "CHAT_ROOMS_PORT" in result.stderr
+
+
 def test_preflight_passes_on_free_ports() -> None:
     """preflight exits 0 when every configured port is free."""
     result = subprocess.run(

@@ -194,11 +194,18 @@ def port_problem(port: int, host: str) -> str | None:
 
 
 def check_ports(uses: list[PortUse]) -> None:
-    """Raise PortConfigError at the first port that cannot be bound, naming its variable."""
+    """Raise PortConfigError naming every port that cannot be bound and its variable (all of
+    them at once: a second `make run` beside a first one would otherwise be refused one port
+    at a time)."""
+    problems = []
     for use in uses:
         problem = port_problem(use.port, use.host)
         if problem is not None:
-            raise PortConfigError(f"port {use.port} ({use.label}) is {problem}: {use.advice()}")
+            problems.append(f"port {use.port} ({use.label}) is {problem}: {use.advice()}")
+    if len(problems) == 1:
+        raise PortConfigError(problems[0])
+    if problems:
+        raise PortConfigError(f"{len(problems)} ports cannot be used:\n  " + "\n  ".join(problems))
 
 
 def preflight(env: Mapping[str, str] | None = None) -> list[PortUse]:
