@@ -277,6 +277,21 @@ def table(agg: list[Record], raw: list[Record], meta: dict[str, Any]) -> str:
                 f"{_f(r.get('loadgen_elu'), 2)}{bound} | {_fs(r, 'other_cpu_pct')} | "
                 f"{r.get('passes', 0)}/{r['runs']} |"
             )
+        late = [r for r in raw if r.get("scenario") == "fanout" and "arrived_after_drain" in r]
+        if late:
+            lines += [
+                "",
+                'Failing steps\' "lost" frames, followed up (listening until 5 s pass without a '
+                "frame): arrived late, or never delivered:",
+                "",
+            ]
+            for r in late:
+                lines.append(
+                    f"- {r['stack']} at {_f(r['offered_rate'])} msg/s (run {r['run'] + 1}): "
+                    f"{_f(r['lost'])} not within the step; {_f(r['arrived_after_drain'])} arrived "
+                    f"later, {_f(r['never_delivered'])} never, "
+                    f"{_f(r.get('duplicated_after_drain'))} duplicated"
+                )
         lines += ["", "CPU % and peak RSS of every process at each stack's last step run:", ""]
         for s in stacks:
             steps = [r for r in fan if r["stack"] == s]

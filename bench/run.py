@@ -447,6 +447,23 @@ def step_summary(rec: Record) -> str:
     )
 
 
+async def count_stragglers(lgs: list[Any], rec: Record, name: str) -> None:
+    """A step that lost frames: keep listening (until 5 s pass without a frame, 60 s at most)
+    and record how many of them arrived late and how many never did. Why: "lost" counts what
+    did not arrive within the step and its drain, which for a stack that queues under overload
+    is delay, not loss."""
+    tails = await asyncio.gather(*(lg.call("tail", quiet=5.0, max=60.0) for lg in lgs))
+    arrived = sum(t["arrived"] for t in tails)
+    rec["arrived_after_drain"] = arrived
+    rec["never_delivered"] = rec["lost"] - arrived
+    rec["duplicated_after_drain"] = sum(t["dup"] for t in tails)
+    log(
+        f"  {name}: of the {rec['lost']} frames not delivered within the step, {arrived} "
+        f"arrived in the next {max(t['seconds'] for t in tails):.0f} s, "
+        f"{rec['never_delivered']} never (dup {rec['duplicated_after_drain']})"
+    )
+
+
 async def scenario_fanout(cfg: Config, stack: Stack, out: Path) -> list[Record]:
     profilers: list[tuple[str, subprocess.Popen[bytes]]] = []
     records: list[Record] = []
@@ -463,6 +480,8 @@ async def scenario_fanout(cfg: Config, stack: Stack, out: Path) -> list[Record]:
                     + ("" if rec["pass"] else "  -> failed, leaving the ladder")
                 )
                 if not rec["pass"]:
+                    if rec["lost"] > 0:
+                        await count_stragglers(lgs, rec, stack.name)
                     break
                 await settle(stack, min(10, cfg.settle_limit))
             # a stack failing the first step: halve the rate until a step passes, so it has a best

@@ -141,6 +141,7 @@ function newStats(step) {
     hist: new Map(),
     max: 0,
     frames: 0,
+    reported: { recv: 0, dup: 0 }, // what the step's answer counted (see cmdTail)
   };
 }
 
@@ -238,12 +239,13 @@ async function cmdStep(msg) {
   const cpu = process.cpuUsage(cpu0);
   const sendSeconds = (now() - t0) / 1000;
   await sleep((msg.drain || 2) * 1000);
+  stats.reported = { recv: Object.values(stats.recvByRoom).reduce((a, b) => a + b, 0), dup: stats.dup };
   return {
     step: msg.step,
     sent,
     sendSeconds,
-    sentByRoom: stats.sentByRoom,
-    recvByRoom: stats.recvByRoom,
+    sentByRoom: { ...stats.sentByRoom },
+    recvByRoom: { ...stats.recvByRoom },
     dup: stats.dup,
     ooo: stats.ooo,
     late: stats.late,
@@ -255,6 +257,27 @@ async function cmdStep(msg) {
     elu: elu.utilization,
     open: clients.filter((c) => c.ws && c.ws.readyState === 1).length,
   };
+}
+
+async function cmdTail(msg) {
+  // After a failing step: keep counting that step's frames (they still count, as in its drain)
+  // until none came for `quiet` s or `max` s passed, to tell frames that were only late from
+  // frames never delivered.
+  // counted from what the step reported: frames may have come between its answer and this call
+  const total = () => Object.values(stats.recvByRoom).reduce((a, b) => a + b, 0);
+  const recv0 = stats.reported.recv;
+  const dup0 = stats.reported.dup;
+  const t0 = now();
+  let frames = stats.frames;
+  let quietSince = now();
+  while (now() - t0 < msg.max * 1000 && now() - quietSince < msg.quiet * 1000) {
+    await sleep(100);
+    if (stats.frames !== frames) {
+      frames = stats.frames;
+      quietSince = now();
+    }
+  }
+  return { step: stats.step, arrived: total() - recv0, dup: stats.dup - dup0, seconds: (now() - t0) / 1000 };
 }
 
 async function cmdSync(msg) {
@@ -354,7 +377,7 @@ async function cmdStatus() {
   return { open: clients.filter((c) => c.ws && c.ws.readyState === 1).length };
 }
 
-const handlers = { status: cmdStatus, connect: cmdConnect, step: cmdStep, sync: cmdSync, http: cmdHttp, close: cmdClose };
+const handlers = { status: cmdStatus, connect: cmdConnect, step: cmdStep, tail: cmdTail, sync: cmdSync, http: cmdHttp, close: cmdClose };
 
 const rl = readline.createInterface({ input: process.stdin });
 let chain = Promise.resolve();
