@@ -145,6 +145,9 @@ function newStats(step) {
   };
 }
 
+// frames of this step counted so far (each client's distinct messages, summed over rooms)
+const recvTotal = () => Object.values(stats.recvByRoom).reduce((a, b) => a + b, 0);
+
 function received(client, content) {
   stats.frames++;
   const parts = content.split("|");
@@ -239,7 +242,7 @@ async function cmdStep(msg) {
   const cpu = process.cpuUsage(cpu0);
   const sendSeconds = (now() - t0) / 1000;
   await sleep((msg.drain || 2) * 1000);
-  stats.reported = { recv: Object.values(stats.recvByRoom).reduce((a, b) => a + b, 0), dup: stats.dup };
+  stats.reported = { recv: recvTotal(), dup: stats.dup };
   return {
     step: msg.step,
     sent,
@@ -262,11 +265,8 @@ async function cmdStep(msg) {
 async function cmdTail(msg) {
   // After a failing step: keep counting that step's frames (they still count, as in its drain)
   // until none came for `quiet` s or `max` s passed, to tell frames that were only late from
-  // frames never delivered.
-  // counted from what the step reported: frames may have come between its answer and this call
-  const total = () => Object.values(stats.recvByRoom).reduce((a, b) => a + b, 0);
-  const recv0 = stats.reported.recv;
-  const dup0 = stats.reported.dup;
+  // frames never delivered. Counted from what the step's answer reported, not from now:
+  // frames may have come between that answer and this call.
   const t0 = now();
   let frames = stats.frames;
   let quietSince = now();
@@ -277,7 +277,12 @@ async function cmdTail(msg) {
       quietSince = now();
     }
   }
-  return { step: stats.step, arrived: total() - recv0, dup: stats.dup - dup0, seconds: (now() - t0) / 1000 };
+  return {
+    step: stats.step,
+    arrived: recvTotal() - stats.reported.recv,
+    dup: stats.dup - stats.reported.dup,
+    seconds: (now() - t0) / 1000,
+  };
 }
 
 async function cmdSync(msg) {
