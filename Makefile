@@ -52,7 +52,7 @@ faults: install
 
 # `make bench` (docs/performance.md): this mesh, python-socketio and Node socket.io under the same
 # load, results in bench/results/. Options: STACKS=mesh,pysio,node
-# SCENARIOS=idle,latency,fanout,history,ingest RUNS=3 QUICK=1 PROFILE=1 LOADGENS=1 BENCH_ARGS=...
+# SCENARIOS=idle,latency,fanout,linear,history,ingest,hops RUNS=3 QUICK=1 PROFILE=1 LOADGENS=1 BENCH_ARGS=...
 BENCH_NODE := bench/peers/node/node_modules/.installed bench/loadgen/node_modules/.installed
 
 bench: install bench-deps

@@ -377,7 +377,35 @@ def table(agg: list[Record], raw: list[Record], meta: dict[str, Any]) -> str:
                 f"{_fs(r, 'ratio_to_ceiling', 2)} | {_procs(r)} |"
             )
         lines.append("")
+    lines += hops_table(agg)
     return "\n".join(lines) + "\n"
+
+
+def hops_table(agg: list[Record]) -> list[str]:
+    """One row per hop: its round trip one at a time, spaced and back to back."""
+    rows: dict[tuple[str, str], dict[str, Record]] = {}
+    for r in agg:
+        if r["scenario"] == "hops" and "hop" in r:
+            rows.setdefault((r["hop"], r["what"]), {})[r["mode"]] = r
+    if not rows:
+        return []
+    lines = [
+        "## Hops (chat-mesh: one round trip at a time, from the bench process)",
+        "",
+        "Spaced: 10 ms of quiet before each (the processes asleep, as at the latency "
+        "scenario's rate); back to back: the next as soon as the last is answered.",
+        "",
+        "| hop | round trip | spaced p50 / p99 ms | back to back p50 / p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for (hop, what), modes in rows.items():
+        cells = []
+        for mode in ("spaced", "back-to-back"):
+            m = modes.get(mode)
+            cells.append(f"{_fs(m, 'p50_ms', 2)} / {_fs(m, 'p99_ms', 2)}" if m else "-")
+        lines.append(f"| {hop} | {what} | {cells[0]} | {cells[1]} |")
+    lines.append("")
+    return lines
 
 
 def linear_table(agg: list[Record], raw: list[Record], meta: dict[str, Any]) -> list[str]:

@@ -1,9 +1,9 @@
 """`make bench`: the same load at this project's mesh, python-socketio and Node socket.io.
 
 For each run and stack: start the stack on free loopback ports, run the scenarios (idle,
-latency, fan-out ladder, linear cost, history, ingest), stop it by pid. Writes `bench/results/`:
-`results.jsonl` (every figure of every run, then the medians), `table.md`, `*.png` and, with
-`--profile`, py-spy flame graphs of every Python service during fan-out.
+latency, fan-out ladder, linear cost, history, ingest, hops), stop it by pid. Writes
+`bench/results/`: `results.jsonl` (every figure of every run, then the medians), `table.md`,
+`*.png` and, with `--profile`, py-spy flame graphs of every Python service during fan-out.
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil  # type: ignore[import-untyped]
+
+if TYPE_CHECKING:
+    from infra.settings import CommonSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -37,8 +40,8 @@ from stacks import STACKS, MeshStack, Stack
 
 BENCH = Path(__file__).resolve().parent
 LOADGEN = BENCH / "loadgen" / "loadgen.js"
-SCENARIOS = ("idle", "latency", "fanout", "linear", "history", "ingest")
-MESH_ONLY = {"history", "ingest"}
+SCENARIOS = ("idle", "latency", "fanout", "linear", "history", "ingest", "hops")
+MESH_ONLY = {"history", "ingest", "hops"}
 
 Record = dict[str, Any]
 
@@ -93,6 +96,8 @@ class Config:
     ingest_rate: float = 4000.0
     ingest_seconds: float = 20.0
     ingest_concurrency: int = 64
+    # hops: round trips measured per hop and mode (the WebSocket hops at most HOP_SAMPLES_MAX)
+    hop_samples: int = 150
 
 
 # ---- processes and figures -----------------------------------------------------------------
@@ -756,17 +761,10 @@ async def stored_counts(stack: MeshStack, rooms: list[str]) -> dict[str, int]:
     return dict(zip(rooms, counts, strict=True))
 
 
-async def put_ceiling(stack: MeshStack, concurrency: int, seconds: float) -> dict[str, Any]:
-    """The store's own ceiling: single-item conditional PutItems from the services' client."""
-    from infra.settings import CommonSettings
-    from infra.store import if_absent, open_dynamo, open_dynamo_admin
+async def ensure_table(settings: CommonSettings, table: str) -> None:
+    """A (pk string, sk number) table of the bench's own, created if missing, once ACTIVE."""
+    from infra.store import open_dynamo_admin
 
-    assert stack.infra is not None
-    prefix = stack.infra.table_prefix
-    settings = CommonSettings(dynamo_url=stack.infra.dynamo_url, table_prefix=prefix)
-    table = f"{prefix}ceiling"
-    done = 0
-    errors = 0
     async with open_dynamo_admin(settings) as admin:
         # create (idempotent), then wait until ACTIVE; a slow store may time a call out
         for _ in range(200):
@@ -789,6 +787,20 @@ async def put_ceiling(stack: MeshStack, concurrency: int, seconds: float) -> dic
                         BillingMode="PAY_PER_REQUEST",
                     )
             await asyncio.sleep(0.1)
+
+
+async def put_ceiling(stack: MeshStack, concurrency: int, seconds: float) -> dict[str, Any]:
+    """The store's own ceiling: single-item conditional PutItems from the services' client."""
+    from infra.settings import CommonSettings
+    from infra.store import if_absent, open_dynamo
+
+    assert stack.infra is not None
+    prefix = stack.infra.table_prefix
+    settings = CommonSettings(dynamo_url=stack.infra.dynamo_url, table_prefix=prefix)
+    table = f"{prefix}ceiling"
+    done = 0
+    errors = 0
+    await ensure_table(settings, table)
     # the data-plane client the services use (infra.store.open_dynamo)
     async with open_dynamo(settings) as client:
         body = "x" * 120
@@ -886,6 +898,167 @@ async def scenario_ingest(cfg: Config, stack: Stack, out: Path) -> list[Record]:
     return [rec]
 
 
+# One round trip at a time through each hop a persisted message crosses, measured from this
+# process: with a pause before each (every process has gone back to sleep, as at the latency
+# scenario's 100 msg/s spread over 100 clients) and back to back (the processes still awake).
+# Why: the latency scenario gives the whole path; this names what each hop adds on this
+# machine, so the latency bound in docs/performance.md can be checked on any machine.
+HOP_GAP_SECONDS = 0.01
+HOP_SAMPLES_MAX = 150  # per socket, under the edge's frame bucket (a burst of 200)
+
+
+async def _round_trips(n: int, gap: float, once: Callable[[], Awaitable[Any]]) -> list[float]:
+    """Seconds of `n` calls of `once`, one at a time, `gap` seconds of quiet before each."""
+    took: list[float] = []
+    for _ in range(n):
+        if gap:
+            await asyncio.sleep(gap)
+        t0 = time.perf_counter()
+        await once()
+        took.append(time.perf_counter() - t0)
+    return took
+
+
+def _hop_figures(took: list[float]) -> Record:
+    ms = sorted(t * 1000 for t in took)
+    return {
+        "samples": len(ms),
+        "p50_ms": ms[len(ms) // 2],
+        "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+        "max_ms": ms[-1],
+    }
+
+
+async def scenario_hops(cfg: Config, stack: Stack, out: Path) -> list[Record]:
+    """Round trips of each hop, one at a time, spaced and back to back (see HOP_GAP_SECONDS)."""
+    import nats
+    import redis.asyncio as aioredis
+    import websockets
+
+    from infra.settings import CommonSettings
+    from infra.store import if_absent, open_dynamo
+
+    assert isinstance(stack, MeshStack)
+    assert stack.infra is not None
+    infra = stack.infra
+    settings = CommonSettings(dynamo_url=infra.dynamo_url, table_prefix=infra.table_prefix)
+    table = f"{infra.table_prefix}hops"
+    await ensure_table(settings, table)
+    users = await stack.create_users(2, "hops")
+    (room,) = await stack.create_rooms([users])
+    n = cfg.hop_samples
+    modes = (("spaced", HOP_GAP_SECONDS), ("back-to-back", 0.0))
+    records: list[Record] = []
+
+    def record(hop: str, what: str, mode: str, took: list[float]) -> None:
+        records.append({"hop": hop, "what": what, "mode": mode, **_hop_figures(took)})
+
+    nc = await nats.connect(infra.nats_url)
+    red = aioredis.from_url(infra.redis_url)
+    stream = f"BENCH_HOPS_{os.getpid()}"
+    try:
+        await red.ping()
+        for mode, gap in modes:
+            record("redis", "PING", mode, await _round_trips(n, gap, red.ping))
+
+        async def echo(msg: Any) -> None:
+            await msg.respond(msg.data)
+
+        sub = await nc.subscribe("bench.hops.echo", cb=echo)
+        body = b"x" * 400  # about a command's size
+        for mode, gap in modes:
+            took = await _round_trips(
+                n, gap, lambda: nc.request("bench.hops.echo", body, timeout=5)
+            )
+            record("nats", "request and reply through nats-server", mode, took)
+        await sub.unsubscribe()
+
+        js = nc.jetstream()
+        await js.add_stream(name=stream, subjects=["bench.hops.js"], storage="file")
+        for mode, gap in modes:
+            took = await _round_trips(n, gap, lambda: js.publish("bench.hops.js", body))
+            record("jetstream", "publish and its ack (file stream)", mode, took)
+
+        async with open_dynamo(settings) as client:
+            counter = iter(range(10**9))
+
+            async def put() -> None:
+                await client.put_item(
+                    TableName=table,
+                    Item={
+                        "pk": {"S": f"hops-{os.getpid()}"},
+                        "sk": {"N": str(next(counter))},
+                        "content": {"S": "x" * 120},
+                    },
+                    **if_absent("pk"),
+                )
+
+            for mode, gap in modes:
+                record("store", "conditional PutItem", mode, await _round_trips(n, gap, put))
+
+        sender, other = users
+        refresh = json.dumps({"action": "refresh", "token": sender["token"]})
+        for mode, gap in modes:
+            # fresh sockets per hop and mode: each stays inside its per-connection frame bucket
+            # (HOP_SAMPLES_MAX frames at most, against a burst of 200)
+            async with websockets.connect(stack.edge_urls[0] + sender["token"]) as e:
+
+                async def edge_only() -> None:
+                    await e.send(refresh)
+                    await answered(e, "refreshed")
+
+                took = await _round_trips(min(n, HOP_SAMPLES_MAX), gap, edge_only)
+                record("edge", "WS `refresh` answered by the edge", mode, took)
+            async with (
+                websockets.connect(stack.edge_urls[0] + sender["token"]) as a,
+                websockets.connect(stack.edge_urls[1] + other["token"]) as b,
+            ):
+                own: list[float] = []
+                far: list[float] = []
+                for _ in range(min(n, HOP_SAMPLES_MAX)):
+                    if gap:
+                        await asyncio.sleep(gap)
+                    frame = {
+                        "action": "create_message",
+                        "roomId": room,
+                        "messageId": f"hops-{time.time_ns()}",
+                        "content": "x" * 120,
+                        "senderId": sender["id"],
+                        "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                    t0 = time.perf_counter()
+                    await a.send(json.dumps(frame))
+                    got_a, got_b = await asyncio.wait_for(
+                        asyncio.gather(
+                            answered(a, "message_created"), answered(b, "message_created")
+                        ),
+                        10,
+                    )
+                    own.append(got_a - t0)
+                    far.append(got_b - t0)
+                record("message", "create_message to the sender's own copy", mode, own)
+                record("message", "create_message to the other node's member", mode, far)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_stream(stream)
+        await nc.close()
+        await red.aclose()
+    for r in records:
+        if r["mode"] == "spaced":
+            log(
+                f"  {stack.name} hop {r['hop']} ({r['what']}): spaced p50 {fmt2(r['p50_ms'])} "
+                f"p99 {fmt2(r['p99_ms'])} ms"
+            )
+    return records
+
+
+async def answered(ws: Any, kind: str) -> float:
+    """Read server frames until one of type `kind`; when it came (perf_counter)."""
+    while json.loads(await ws.recv()).get("type") != kind:
+        pass
+    return time.perf_counter()
+
+
 RUNNERS: dict[str, Callable[[Config, Stack, Path], Awaitable[list[Record]]]] = {
     "idle": scenario_idle,
     "latency": scenario_latency,
@@ -893,6 +1066,7 @@ RUNNERS: dict[str, Callable[[Config, Stack, Path], Awaitable[list[Record]]]] = {
     "linear": scenario_linear,
     "history": scenario_history,
     "ingest": scenario_ingest,
+    "hops": scenario_hops,
 }
 
 
@@ -1035,6 +1209,7 @@ def parse(argv: list[str] | None = None) -> Config:
     ap.add_argument("--linear-clients", type=int, help="linear: base clients (doubled: 2x)")
     ap.add_argument("--linear-room-size", type=int, help="linear: room size (even)")
     ap.add_argument("--linear-rate", type=float, help="linear: msg/s sent by each client")
+    ap.add_argument("--hop-samples", type=int, help="hops: round trips per hop and mode")
     ap.add_argument(
         "--store-in-memory",
         action="store_true",
@@ -1075,6 +1250,7 @@ def parse(argv: list[str] | None = None) -> Config:
         cfg.history_readers, cfg.history_seconds, cfg.history_missed = 4, 1.0, 5
         cfg.ingest_clients, cfg.ingest_rate, cfg.ingest_seconds = 20, 100, 2.0
         cfg.ingest_concurrency = 8
+        cfg.hop_samples = 5
         cfg.linear_clients, cfg.linear_room_size, cfg.linear_rate = 8, 4, 2.0
         cfg.pause, cfg.settle_limit = 0.2, 2.0
     if a.runs is not None:
@@ -1082,7 +1258,7 @@ def parse(argv: list[str] | None = None) -> Config:
     for key in ("loadgens", "clients", "room_size", "step_seconds", "idle_connections",
                 "idle_hold_seconds",
                 "latency_seconds", "history_seconds", "ingest_seconds", "ingest_rate",
-                "linear_clients", "linear_room_size", "linear_rate"):  # fmt: skip
+                "linear_clients", "linear_room_size", "linear_rate", "hop_samples"):  # fmt: skip
         v = getattr(a, key)
         if v is not None:
             setattr(cfg, key, v)

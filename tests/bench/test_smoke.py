@@ -56,6 +56,16 @@ def test_bench_smoke_runs_and_writes_its_files(tmp_path: Path) -> None:
     idle = [r for r in lines if r["type"] == "run" and r["scenario"] == "idle"]
     assert {r["stack"] for r in idle} == stacks
     assert all(r["hold_seconds"] > 0 and r["hold_server_cpu_pct"] >= 0 for r in idle), idle
+    # the hops scenario (mesh only): every hop's round trip, spaced and back to back
+    hops = [r for r in lines if r["type"] == "run" and r["scenario"] == "hops"]
+    assert {r["stack"] for r in hops} == {"chat-mesh"}
+    measured = {(r["hop"], r["mode"]) for r in hops if r["samples"] > 0 and r["p50_ms"] > 0}
+    assert measured == {
+        (hop, mode)
+        for hop in ("redis", "nats", "jetstream", "store", "edge", "message")
+        for mode in ("spaced", "back-to-back")
+    }, measured
+    assert "## Hops" in (out / "table.md").read_text()
 
 
 @pytest.mark.timeout(330)
@@ -77,7 +87,7 @@ def test_bench_drives_the_mesh_make_run_is_running(tmp_path: Path) -> None:
                 "--stacks",
                 "running",
                 "--scenarios",
-                "idle,latency,fanout,history,ingest",
+                "idle,latency,fanout,history,ingest,hops",
                 "--out",
                 str(out),
             ],
@@ -93,7 +103,7 @@ def test_bench_drives_the_mesh_make_run_is_running(tmp_path: Path) -> None:
         assert {r["stack"] for r in runs} == {"chat-mesh (make run)"}
         assert not [r for r in runs if "error" in r], runs
         scenarios = {r["scenario"] for r in runs}
-        assert scenarios == {"idle", "latency", "fanout", "history"}  # ingest skipped
+        assert scenarios == {"idle", "latency", "fanout", "history"}  # ingest, hops skipped
         fanout = [r for r in runs if r["scenario"] == "fanout"]
         assert fanout
         assert all(r["sent"] > 0 and r["lost"] == 0 for r in fanout), fanout
