@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -42,6 +41,7 @@ from contracts import subjects
 from contracts.bus import PresenceChanged
 from contracts.ws import PresenceFrame
 from ws_edge.adapters.connmap import ALIVE_LUA, FORGET_LUA, MEMBERS_KEY, conns_key, users_key
+from ws_edge.batching import OrderedBatches
 
 if TYPE_CHECKING:
     from ws_edge.hub import Hub
@@ -163,8 +163,7 @@ class Presence:
         self.grace = grace_seconds
         self._changes_script = redis.register_script(CHANGES_SCRIPT)
         self._sweep_script = redis.register_script(SWEEP_SCRIPT)
-        self._changes: deque[_Change] = deque()
-        self._applying = False
+        self._changes = OrderedBatches(self._apply, CHANGE_BATCH)
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._checks: dict[str, asyncio.TimerHandle] = {}
@@ -180,6 +179,7 @@ class Presence:
         for handle in self._checks.values():
             handle.cancel()
         self._checks.clear()
+        self._changes.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -251,22 +251,13 @@ class Presence:
 
     def _queue(self, change: _Change) -> None:
         """Queue a change; the changes queued meanwhile go to Redis together, in order."""
-        self._changes.append(change)
-        if not self._applying and not self.stopping:
-            self._applying = True
-            # a task, not a call now: the rest of this loop turn's changes join the first call
-            self._spawn(self._apply())
+        if not self.stopping:
+            self._changes.put(change)
 
-    async def _apply(self) -> None:
-        """Apply the queued changes, CHANGE_BATCH per Redis call, until none is left."""
-        try:
-            while self._changes and not self.stopping:
-                count = min(len(self._changes), CHANGE_BATCH)
-                batch = [self._changes.popleft() for _ in range(count)]
-                for change, result in zip(batch, await self._call(batch), strict=True):
-                    await self._applied(change, result)
-        finally:
-            self._applying = False
+    async def _apply(self, batch: list[_Change]) -> None:
+        """Apply a batch of changes (one Redis call), then announce what each did, in order."""
+        for change, result in zip(batch, await self._call(batch), strict=True):
+            await self._applied(change, result)
 
     async def _call(self, batch: list[_Change]) -> list[int]:
         """CHANGES_SCRIPT for `batch`; when Redis fails, results that change nothing (a last

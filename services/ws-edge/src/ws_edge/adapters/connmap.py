@@ -28,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+
+from ws_edge.batching import OrderedBatches
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,12 @@ class _Change:
     done: asyncio.Future[int]
 
 
+def _abandon(changes: list[_Change]) -> None:
+    """The loop is shutting down: nobody may wait for good on a change never answered."""
+    for change in changes:
+        change.done.cancel()
+
+
 class RedisConnectionMap:
     """ConnectionMap on Redis.
 
@@ -182,8 +189,7 @@ class RedisConnectionMap:
         self.interval = min(1.0, ttl_seconds / 3)
         self.run_id: str | None = None
         self._changes_script = redis.register_script(MAP_CHANGES_SCRIPT)
-        self._changes: deque[_Change] = deque()
-        self._applier: asyncio.Task[None] | None = None
+        self._changes = OrderedBatches(self._apply, MAP_CHANGE_BATCH, _abandon)
 
     async def register(self, user_id: str, conn_id: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -209,45 +215,28 @@ class RedisConnectionMap:
 
     async def _change(self, kind: str, user_id: str, conn_id: str, limit: int) -> int:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._changes.append(_Change(kind, user_id, conn_id, limit, done))
-        if self._applier is None:
-            # a task, not a call now: the rest of this loop turn's changes join the first call
-            self._applier = asyncio.get_running_loop().create_task(self._apply())
+        self._changes.put(_Change(kind, user_id, conn_id, limit, done))
         return await done
 
-    async def _apply(self) -> None:
-        """Apply the queued changes in order, MAP_CHANGE_BATCH per call, until none is left; a
-        failed call fails the changes it carried (their callers decide what to do)."""
-        batch: list[_Change] = []
+    async def _apply(self, batch: list[_Change]) -> None:
+        """One MAP_CHANGES_SCRIPT call for `batch`; a failed call fails the changes it carried
+        (their callers decide what to do)."""
+        args: list[str | int] = [self.member]
+        for change in batch:
+            args += (change.kind, change.conn_id, change.user_id, change.limit)
         try:
-            while self._changes:
-                count = min(len(self._changes), MAP_CHANGE_BATCH)
-                batch = [self._changes.popleft() for _ in range(count)]
-                args: list[str | int] = [self.member]
-                for change in batch:
-                    args += (change.kind, change.conn_id, change.user_id, change.limit)
-                try:
-                    results = await self._changes_script(
-                        keys=[users_key(self.member), MEMBERS_KEY]
-                        + [conns_key(c.user_id) for c in batch],
-                        args=args,
-                    )
-                except Exception as exc:
-                    for change in batch:
-                        if not change.done.done():
-                            change.done.set_exception(exc)
-                    continue
-                for change, result in zip(batch, results, strict=True):
-                    if not change.done.done():  # a cancelled caller's result is not wanted
-                        change.done.set_result(int(result))
-        except asyncio.CancelledError:
-            # the loop is shutting down: nobody may wait for good on a change never answered
-            for change in [*batch, *self._changes]:
-                change.done.cancel()
-            self._changes.clear()
-            raise
-        finally:
-            self._applier = None
+            results = await self._changes_script(
+                keys=[users_key(self.member), MEMBERS_KEY] + [conns_key(c.user_id) for c in batch],
+                args=args,
+            )
+        except Exception as exc:
+            for change in batch:
+                if not change.done.done():
+                    change.done.set_exception(exc)
+            return
+        for change, result in zip(batch, results, strict=True):
+            if not change.done.done():  # a cancelled caller's result is not wanted
+                change.done.set_result(int(result))
 
     async def heartbeat(self, local: Mapping[str, str]) -> None:
         """Refresh liveness; re-register local connections (conn -> user) if Redis lost them.
