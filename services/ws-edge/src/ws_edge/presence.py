@@ -358,7 +358,7 @@ class Presence:
             users = users_key(member)
             batch: list[str] = []
             async for raw in self.redis.sscan_iter(users, count=SWEEP_BATCH):
-                batch.append(raw.decode() if isinstance(raw, bytes) else str(raw))
+                batch.append(str(raw))  # the client decodes (infra.cache: decode_responses)
                 if len(batch) >= SWEEP_BATCH:
                     await self._check_batch(users, batch)
                     batch = []
@@ -376,4 +376,4 @@ class Presence:
             args=[now_ms, int(self.grace * 1000), *user_ids],
         )
         for raw in offline:
-            await self._announce(raw.decode() if isinstance(raw, bytes) else str(raw), online=False)
+            await self._announce(str(raw), online=False)

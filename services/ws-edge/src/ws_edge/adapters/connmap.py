@@ -266,7 +266,7 @@ class RedisConnectionMap:
     async def dead_members(self) -> list[str]:
         """The processes that registered someone and whose liveness has expired (or that left)."""
         raw = await self.redis.smembers(MEMBERS_KEY)
-        members = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in raw)
+        members = sorted(str(m) for m in raw)  # the client decodes (infra.cache)
         alive = await self._alive_nodes(set(members))
         return [m for m in members if m not in alive]
 
