@@ -328,3 +328,40 @@ def test_nginx_runs_as_its_own_process(balanced: Balanced) -> None:
     pid_file = Path(balanced.nginx.log_path).parent.parent / "nginx.pid"
     assert int(pid_file.read_text().strip()) == balanced.nginx.pid
     assert os.getpgid(balanced.nginx.pid) == balanced.nginx.pid
+
+
+async def test_sign_ups_are_limited_per_address(balanced: Balanced) -> None:
+    """`POST /users` beyond the LB's per-address burst gets 429 `rate_limited` in the contract's
+    JSON shape, without reaching users; other calls from that address are not counted.
+
+    Last in this module: it spends the address's sign-ups for the module's nginx."""
+    async with httpx.AsyncClient(base_url=balanced.url, timeout=10) as http:
+        answers = [(await http.post("/users", json={"name": f"su{i}"})) for i in range(40)]
+        created = [r for r in answers if r.status_code == 201]
+        refused = [r for r in answers if r.status_code == 429]
+        assert len(created) + len(refused) == len(answers), [r.status_code for r in answers]
+        # a burst of 30 (lb.nginx_values) on top of the one the rate allows, earlier tests'
+        # sign-ups included
+        assert 0 < len(created) <= 31, len(created)
+        assert len(refused) >= 9
+        for r in refused:
+            assert r.headers["content-type"].startswith("application/json")
+            assert r.json()["error"]["code"] == "rate_limited"
+            assert r.headers["retry-after"] == "60"
+            assert r.headers["x-request-id"]
+        # not counted: reads and token refreshes from the same address
+        token = created[0].json()["token"]
+        auth = {"authorization": f"Bearer {token}"}
+        for _ in range(40):
+            assert (await http.get("/users", headers=auth)).status_code == 200
+        assert (await http.post("/token", headers=auth)).status_code == 200
+        # a refused sign-up never reached users: exactly the created ones are listed
+        names: list[str] = []
+        url: str | None = "/users?limit=200"
+        while url:
+            page = await http.get(url, headers=auth)
+            assert page.status_code == 200, page.text
+            names += [u["name"] for u in page.json()]
+            url = page.links.get("next", {}).get("url")
+        signed_up = {n for n in names if n.startswith("su")} | {created[0].json()["name"]}
+        assert signed_up == {r.json()["name"] for r in created}

@@ -52,6 +52,8 @@ def nginx_values(
     edges: list[str],
     idle_timeout: str = "1h",
     fail_timeout: str = "10s",
+    signup_rate: str = "30r/m",
+    signup_burst: int = 30,
 ) -> dict[str, str]:
     """Template values for an nginx on 127.0.0.1:`port` in front of these host:port replicas
     (two per kind, as in compose; one address is used twice when only one is given)."""
@@ -72,6 +74,8 @@ def nginx_values(
         "LB_TEMP_DIR": str(workdir / "temp"),
         "LB_WS_IDLE_TIMEOUT": idle_timeout,
         "LB_FAIL_TIMEOUT": fail_timeout,
+        "LB_SIGNUP_RATE": signup_rate,
+        "LB_SIGNUP_BURST": str(signup_burst),
         **two("USERS", users),
         **two("ROOMS", rooms),
         **two("HISTORY", history),
