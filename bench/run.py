@@ -1005,7 +1005,7 @@ async def scenario_hops(cfg: Config, stack: Stack, out: Path) -> list[Record]:
 
                 async def edge_only() -> None:
                     await e.send(refresh)
-                    await answered(e, "refreshed")
+                    await asyncio.wait_for(answered(e, "refreshed"), 10)
 
                 took = await _round_trips(min(n, HOP_SAMPLES_MAX), gap, edge_only)
                 record("edge", "WS `refresh` answered by the edge", mode, took)
@@ -1053,10 +1053,14 @@ async def scenario_hops(cfg: Config, stack: Stack, out: Path) -> list[Record]:
 
 
 async def answered(ws: Any, kind: str) -> float:
-    """Read server frames until one of type `kind`; when it came (perf_counter)."""
-    while json.loads(await ws.recv()).get("type") != kind:
-        pass
-    return time.perf_counter()
+    """Read server frames until one of type `kind`; when it came (perf_counter). An `error`
+    frame fails the scenario (a hop refused is not a round trip)."""
+    while True:
+        frame = json.loads(await ws.recv())
+        if frame.get("type") == kind:
+            return time.perf_counter()
+        if frame.get("type") == "error":
+            raise RuntimeError(f"hops: the edge answered {frame}")
 
 
 RUNNERS: dict[str, Callable[[Config, Stack, Path], Awaitable[list[Record]]]] = {
@@ -1262,6 +1266,8 @@ def parse(argv: list[str] | None = None) -> Config:
         v = getattr(a, key)
         if v is not None:
             setattr(cfg, key, v)
+    if cfg.hop_samples < 1:
+        ap.error("--hop-samples must be at least 1")
     if cfg.linear_room_size < 2 or cfg.linear_room_size % 2:
         ap.error("--linear-room-size must be even (rooms doubled = rooms of half that size)")
     if cfg.linear_clients < cfg.linear_room_size or cfg.linear_clients % cfg.linear_room_size:
