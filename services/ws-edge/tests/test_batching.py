@@ -97,3 +97,36 @@ def test_limit_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="limit"):
         OrderedBatches(apply, limit=0)
+
+
+async def test_cancel_before_the_task_ran_still_hands_back() -> None:
+    """A cancel in the same loop turn as the puts (the task never ran) abandons them all, and
+    the helper starts afresh on the next put."""
+    calls = Calls()
+    calls.gate.set()
+    abandoned: list[int] = []
+    batches = OrderedBatches(calls, limit=10, abandon=abandoned.extend)
+    batches.put(1)
+    batches.put(2)
+    batches.cancel()
+    await eventually(lambda: batches.idle)
+    assert abandoned == [1, 2]
+    assert calls.batches == []
+    batches.put(3)
+    await eventually(lambda: calls.batches == [[3]] and batches.idle)
+
+
+async def test_a_put_as_the_last_batch_ends_is_applied() -> None:
+    """An item put right after the queue ran dry (before the task's end is noticed) gets a
+    call of its own, not a place in a queue nobody reads."""
+    done: list[list[int]] = []
+
+    async def apply(batch: list[int]) -> None:
+        done.append(batch)
+
+    batches = OrderedBatches(apply, limit=10)
+    for i in range(50):
+        batches.put(i)
+        await asyncio.sleep(0)  # every interleaving of puts with the task's last steps
+    await eventually(lambda: batches.idle)
+    assert [i for batch in done for i in batch] == list(range(50))

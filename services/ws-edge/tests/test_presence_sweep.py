@@ -68,6 +68,11 @@ async def _settled(done: Callable[[], bool]) -> None:
             return
 
 
+def _quiet(node: presence.Presence) -> bool:
+    """Nothing left to do: no announcement task, no batch queued or out, no check pending."""
+    return not node._tasks and node._changes.idle and not node._checks
+
+
 def test_sweep_announces_users_of_dead_processes_in_batches(
     cache: Infra, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -183,7 +188,7 @@ def test_leaving_users_are_announced_with_the_rooms_the_node_knew(cache: Infra) 
             node.disconnected("user_back", set())
             await connmap.register("user_back", "c-again")  # back before the grace period ends
             await redis.config_resetstat()
-            await _settled(lambda: len(hub.offline) == 51 and not node._tasks and not node._checks)
+            await _settled(lambda: len(hub.offline) == 51 and _quiet(node))
             kept = {str(m) for m in await redis.smembers(users_key(connmap.member))}
             calls = await _script_calls(redis)
             return hub, await redis.sismember(ONLINE_KEY, "user_without_rooms"), kept, calls
@@ -221,7 +226,7 @@ def test_arriving_users_are_announced_with_the_rooms_the_hub_loaded(cache: Infra
             node.connected("user_arriving_3", {"room_a", "room_b"})  # already online
             node.connected("user_rooms_unknown")
             node.connected("user_without_rooms", set())
-            await _settled(lambda: len(hub.online) == 51 and not node._tasks)
+            await _settled(lambda: len(hub.online) == 51 and _quiet(node))
             assert await _script_calls(redis) <= 3  # together (a pipeline each made 53)
             return hub
         finally:
@@ -268,9 +273,7 @@ def test_a_crowd_arriving_and_leaving_is_applied_in_order_in_few_calls(cache: In
             await pipe.execute()
             for user in leaving:
                 node.disconnected(user, {"room_a"})
-            await _settled(
-                lambda: len(hub.offline) == 1000 and not node._tasks and not node._checks
-            )
+            await _settled(lambda: len(hub.offline) == 1000 and _quiet(node))
             calls = await _script_calls(redis)
             return hub, {str(m) for m in await redis.smembers(ONLINE_KEY)}, calls
         finally:
@@ -310,7 +313,7 @@ def test_a_last_check_within_the_grace_period_looks_again(cache: Infra) -> None:
             await redis.hset(GONE_KEY, "user_late", int(time.time() * 1000))
             await asyncio.sleep(0.3)
             early = list(hub.offline)
-            await _settled(lambda: len(hub.offline) == 1 and not node._tasks and not node._checks)
+            await _settled(lambda: len(hub.offline) == 1 and _quiet(node))
             assert early == []  # the first last check found the grace period running
             online = bool(await redis.sismember(ONLINE_KEY, "user_late"))
             return hub, online, {str(m) for m in await redis.smembers(users_key(connmap.member))}

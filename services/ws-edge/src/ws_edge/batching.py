@@ -43,17 +43,24 @@ class OrderedBatches(Generic[T]):
         self.limit = limit
         self._abandon = abandon
         self._items: deque[T] = deque()
+        self._batch: list[T] = []  # the batch in hand (given to `abandon` if cancelled)
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         """Items queued and not yet taken into a batch."""
         return len(self._items)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no call out."""
+        return self._task is None and not self._items
+
     def put(self, item: T) -> None:
         self._items.append(item)
         if self._task is None:
             # a task, not a call now: the rest of this loop turn's items join the first batch
             self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task.add_done_callback(self._ended)
 
     def cancel(self) -> None:
         """Stop applying (the items left go to `abandon`)."""
@@ -61,21 +68,27 @@ class OrderedBatches(Generic[T]):
             self._task.cancel()
 
     async def _run(self) -> None:
-        batch: list[T] = []
-        try:
-            while self._items:
-                count = min(len(self._items), self.limit)
-                batch = [self._items.popleft() for _ in range(count)]
-                try:
-                    await self._apply(batch)
-                except Exception:
-                    log.exception("a batch of %d changes failed", len(batch))
-                batch = []
-        except asyncio.CancelledError:
-            left = [*batch, *self._items]
-            self._items.clear()
-            if self._abandon is not None:
-                self._abandon(left)
-            raise
-        finally:
+        while self._items:
+            count = min(len(self._items), self.limit)
+            self._batch = [self._items.popleft() for _ in range(count)]
+            try:
+                await self._apply(self._batch)
+            except Exception:
+                log.exception("a batch of %d changes failed", len(self._batch))
+            self._batch = []
+        # in the same step as the last look at the queue: an item put from now on starts a
+        # new task (the done callback would only run a loop turn later)
+        self._task = None
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A cancelled task (also one cancelled before it ever ran, which skips the coroutine's
+        own handlers: hence a callback, not `except`/`finally` in `_run`) gives what it leaves
+        to `abandon`; the next `put` starts a new task."""
+        if self._task is task:
             self._task = None
+        if task.cancelled():
+            left = [*self._batch, *self._items]
+            self._batch = []
+            self._items.clear()
+            if self._abandon is not None and left:
+                self._abandon(left)

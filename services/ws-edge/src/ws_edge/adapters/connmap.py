@@ -229,14 +229,13 @@ class RedisConnectionMap:
                 keys=[users_key(self.member), MEMBERS_KEY] + [conns_key(c.user_id) for c in batch],
                 args=args,
             )
-        except Exception as exc:
+            for change, result in zip(batch, results, strict=True):
+                if not change.done.done():  # a cancelled caller's result is not wanted
+                    change.done.set_result(int(result))
+        except Exception as exc:  # the call, or an answer that does not fit the batch
             for change in batch:
                 if not change.done.done():
                     change.done.set_exception(exc)
-            return
-        for change, result in zip(batch, results, strict=True):
-            if not change.done.done():  # a cancelled caller's result is not wanted
-                change.done.set_result(int(result))
 
     async def heartbeat(self, local: Mapping[str, str]) -> None:
         """Refresh liveness; re-register local connections (conn -> user) if Redis lost them.
