@@ -909,18 +909,29 @@ HOP_GAP_SECONDS = 0.01
 HOP_SAMPLES_MAX = 150  # per socket, under the edge's frame bucket (a burst of 200)
 
 
-async def _round_trips(n: int, gap: float, once: Callable[[], Awaitable[Any]]) -> list[float]:
-    """Seconds of `n` calls of `once`, one at a time, `gap` seconds of quiet before each (after
-    one unrecorded call: connections, subscriptions and caches set up on first use)."""
+async def _samples(
+    n: int, gap: float, once: Callable[[], Awaitable[tuple[float, ...]]]
+) -> list[tuple[float, ...]]:
+    """What `n` calls of `once` measured, one at a time, `gap` seconds of quiet before each
+    (after one unrecorded call: connections, subscriptions and caches set up on first use)."""
     await once()
-    took: list[float] = []
+    measured: list[tuple[float, ...]] = []
     for _ in range(n):
         if gap:
             await asyncio.sleep(gap)
+        measured.append(await once())
+    return measured
+
+
+async def _round_trips(n: int, gap: float, call: Callable[[], Awaitable[Any]]) -> list[float]:
+    """Seconds of each of `n` calls of `call` (see `_samples`)."""
+
+    async def timed() -> tuple[float]:
         t0 = time.perf_counter()
-        await once()
-        took.append(time.perf_counter() - t0)
-    return took
+        await call()
+        return (time.perf_counter() - t0,)
+
+    return [took for (took,) in await _samples(n, gap, timed)]
 
 
 def _hop_figures(took: list[float]) -> Record:
@@ -961,7 +972,6 @@ async def scenario_hops(cfg: Config, stack: Stack, out: Path) -> list[Record]:
     red = aioredis.from_url(infra.redis_url, socket_timeout=10, socket_connect_timeout=10)
     stream = f"BENCH_HOPS_{os.getpid()}"
     try:
-        await red.ping()
         for mode, gap in modes:
             record("redis", "PING", mode, await _round_trips(n, gap, red.ping))
 
@@ -1001,29 +1011,30 @@ async def scenario_hops(cfg: Config, stack: Stack, out: Path) -> list[Record]:
                 record("store", "conditional PutItem", mode, await _round_trips(n, gap, put))
 
         sender, other = users
-        refresh = json.dumps({"action": "refresh", "token": sender["token"]})
+
+        async def refreshed(ws: Any, user: dict[str, Any]) -> None:
+            """A `refresh` with the user's own token, answered by the edge alone."""
+            await ws.send(json.dumps({"action": "refresh", "token": user["token"]}))
+            await asyncio.wait_for(answered(ws, "refreshed"), 10)
+
         for mode, gap in modes:
             # fresh sockets per hop and mode: each stays inside its per-connection frame bucket
             # (HOP_SAMPLES_MAX frames at most, against a burst of 200)
             async with websockets.connect(stack.edge_urls[0] + sender["token"]) as e:
-
-                async def edge_only() -> None:
-                    await e.send(refresh)
-                    await asyncio.wait_for(answered(e, "refreshed"), 10)
-
-                took = await _round_trips(min(n, HOP_SAMPLES_MAX), gap, edge_only)
+                took = await _round_trips(
+                    min(n, HOP_SAMPLES_MAX), gap, lambda: refreshed(e, sender)
+                )
                 record("edge", "WS `refresh` answered by the edge", mode, took)
             async with (
                 websockets.connect(stack.edge_urls[0] + sender["token"]) as a,
                 websockets.connect(stack.edge_urls[1] + other["token"]) as b,
             ):
                 # answered only after the hub's attach: both sockets follow the room from then
-                for ws, user in ((a, sender), (b, other)):
-                    await ws.send(json.dumps({"action": "refresh", "token": user["token"]}))
-                    await asyncio.wait_for(answered(ws, "refreshed"), 10)
+                await refreshed(a, sender)
+                await refreshed(b, other)
 
-                async def message() -> tuple[float, float, float]:
-                    """One create_message: when it was sent, and when each copy came."""
+                async def message() -> tuple[float, float]:
+                    """One create_message: seconds until each copy came (a's, then b's)."""
                     message_id = f"hops-{time.time_ns()}"
                     frame = {
                         "action": "create_message",
@@ -1038,19 +1049,21 @@ async def scenario_hops(cfg: Config, stack: Stack, out: Path) -> list[Record]:
                     async with asyncio.timeout(10), asyncio.TaskGroup() as group:
                         got_a = group.create_task(answered(a, "message_created", message_id))
                         got_b = group.create_task(answered(b, "message_created", message_id))
-                    return t0, got_a.result(), got_b.result()
+                    return got_a.result() - t0, got_b.result() - t0
 
-                await message()  # unrecorded, as for the other hops
-                own: list[float] = []
-                far: list[float] = []
-                for _ in range(min(n, HOP_SAMPLES_MAX)):
-                    if gap:
-                        await asyncio.sleep(gap)
-                    t0, at_a, at_b = await message()
-                    own.append(at_a - t0)
-                    far.append(at_b - t0)
-                record("message", "create_message to the sender's own copy", mode, own)
-                record("message", "create_message to the other node's member", mode, far)
+                took_both = await _samples(min(n, HOP_SAMPLES_MAX), gap, message)
+                record(
+                    "message",
+                    "create_message to the sender's own copy",
+                    mode,
+                    [own for own, _ in took_both],
+                )
+                record(
+                    "message",
+                    "create_message to the other node's member",
+                    mode,
+                    [far for _, far in took_both],
+                )
     finally:
         with contextlib.suppress(Exception):
             await nc.jetstream().delete_stream(stream)
