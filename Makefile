@@ -40,6 +40,7 @@ lint: install
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy $(PACKAGES)
+	@$(BIN)/mypy bench
 
 test: install lint browser bench-deps
 	@bash scripts/install-nginx.sh
