@@ -99,8 +99,9 @@ async def test_retry_is_idempotent_and_conflict_refused(mesh: Mesh) -> None:
 
 
 async def test_create_room_again_with_its_key_gives_the_same_room(mesh: Mesh) -> None:
-    """create_room with an idempotencyKey, sent again after a reconnect to the other node,
-    answers the first room (one room, announced once); other participants under it: conflict."""
+    """create_room with an idempotencyKey, sent again on the same connection and after a
+    reconnect to the other node, answers the first room (one room); other participants under
+    it: conflict."""
     alice = await create_user(mesh, "Ada")
     bob = await create_user(mesh, "Ben")
     carol = await create_user(mesh, "Cy")
@@ -112,6 +113,12 @@ async def test_create_room_again_with_its_key_gives_the_same_room(mesh: Mesh) ->
         await a.send({**frame, "requestId": "first"})
         first = await a.wait_for(lambda f: f.get("requestId") == "first")
         assert first["type"] == "room_created", first
+        # the same connection sends it again (it did not see the answer in time): answered
+        await a.send({**frame, "requestId": "same-connection"})
+        same = await a.wait_for(lambda f: f.get("requestId") == "same-connection", within=10)
+        assert same["type"] == "room_created", same
+        assert same["room"] == first["room"]
+        assert len([f for f in a.frames if f.get("requestId") == "first"]) == 1
         await a.close()  # the answer "was lost": the client comes back on the other node
         a2 = await WsClient.connect(mesh.ws_url(1, alice["token"]), alice["id"])
         await a2.send({**frame, "requestId": "again"})
@@ -135,6 +142,32 @@ async def test_create_room_again_with_its_key_gives_the_same_room(mesh: Mesh) ->
         for client in (a, b, a2):
             if client is not None:
                 await client.close()  # closing twice is harmless
+
+
+async def test_a_message_sent_as_a_socket_opens_reaches_it(mesh: Mesh) -> None:
+    """A message stored once the handshake is answered reaches the new connection, also when
+    the node has to subscribe the room's feed for it (nobody else of the room is there)."""
+    alice = await create_user(mesh, "Early")
+    bob = await create_user(mesh, "Opener")
+    a = await WsClient.connect(mesh.ws_url(1, alice["token"]), alice["id"])
+    try:
+        room = await _room(a, [bob["id"]])
+        for attempt in range(20):
+            b = await WsClient.connect(mesh.ws_url(0, bob["token"]), bob["id"])
+            try:
+                content = f"right away {attempt}"
+                await a.send_message(room["id"], content)
+                got = await b.wait_for(
+                    lambda f, c=content: (
+                        f.get("type") == "message_created" and f["message"]["content"] == c
+                    ),
+                    within=10,
+                )
+                assert got["message"]["seq"] == attempt + 1
+            finally:
+                await b.close()  # node a drops the room's feed: the next socket resubscribes
+    finally:
+        await a.close()
 
 
 async def test_concurrent_senders_agree_on_order(mesh: Mesh) -> None:

@@ -98,6 +98,48 @@ async def test_direct_writes_never_overtake_queued_frames() -> None:
         await conn.writer
 
 
+async def test_frames_for_a_socket_not_open_yet_wait_for_it_in_order() -> None:
+    """A connection attached before its handshake is answered holds its frames (nothing is
+    written to a socket not open yet) and sends them, in order and before any later frame,
+    once it is open; more than its queue holds is a slow client (4408)."""
+    sent: list[str] = []
+
+    def write(frame: bytes) -> bool:
+        sent.append("direct:" + frame[2:].decode())
+        return True
+
+    closed: list[int] = []
+
+    async def close(code: int, reason: str) -> None:
+        closed.append(code)
+
+    async def send_text(text: str) -> None:
+        sent.append("queued:" + text)
+
+    claims = Claims(user_id="u1", expires_at=2**31, token_id="t1")
+    conn = Connection(
+        claims, send_text, close, 4, TokenBucket(10, 10, 0), AbuseMeter(10, 10), held=True
+    )
+    assert conn.push("a")
+    assert conn.push("b", text_frame(b"b"))
+    assert sent == []
+    conn.open(write)  # type: ignore[arg-type]
+    conn.push("c")
+    assert sent == ["direct:a", "direct:b", "direct:c"]
+
+    slow = Connection(
+        claims, send_text, close, 2, TokenBucket(10, 10, 0), AbuseMeter(10, 10), held=True
+    )
+    assert slow.push("1")
+    assert slow.push("2")
+    assert not slow.push("3")
+    assert slow.closed
+    assert slow.close_code == 4408
+    assert slow.closing is not None
+    await slow.closing
+    assert closed == [4408]
+
+
 def _endpoint(attached: list[bool]) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(websocket: WebSocket) -> None:
         assert websocket.query_params["token"] == "secret-token"  # what ws_endpoint reads

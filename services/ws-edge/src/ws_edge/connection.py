@@ -52,6 +52,7 @@ class Connection:
         abuse: AbuseMeter,
         write_frame: WriteFrame | None = None,
         conn_id: str | None = None,
+        held: bool = False,
     ) -> None:
         self.id = conn_id or new_connection_id()
         self.claims = claims
@@ -59,6 +60,9 @@ class Connection:
         self._send_text = send_text
         self._close = close
         self._write_frame = write_frame
+        # frames for a socket not open yet (attached before its handshake is answered), sent
+        # in order by `open`
+        self._held: list[tuple[str, bytes | None]] | None = [] if held else None
         self._writing = False  # the writer holds a frame it has taken from the queue
         self.queue_size = queue_size
         self._queue: asyncio.Queue[str | None] | None = None
@@ -98,6 +102,12 @@ class Connection:
         """
         if self.closed:
             return False
+        if self._held is not None:
+            if len(self._held) >= self.queue_size:
+                self.close_soon(4408, "too slow: send queue full")
+                return False
+            self._held.append((text, wire))
+            return True
         write = self._write_frame
         if (
             write is not None
@@ -117,6 +127,14 @@ class Connection:
             )
             self.close_soon(4408, "too slow: send queue full")
             return False
+
+    def open(self, write_frame: WriteFrame | None) -> None:
+        """The socket is open (handshake answered): frames held until now go out, in order,
+        then every frame as usual (`write_frame`: the direct path, as in the constructor)."""
+        held, self._held = self._held, None
+        self._write_frame = write_frame
+        for text, wire in held or ():
+            self.push(text, wire)
 
     def refuse(self, text: str, now: float | None = None) -> None:
         """Send an `error` frame that refuses (part of) what the client sent, and count it:

@@ -135,6 +135,9 @@ class Hub:
         # user -> connections admitted on this node, from the handshake's admission to the end
         self._admitted: dict[str, int] = {}
         self.user_rooms: dict[str, set[str]] = {}
+        # per connection, the rooms the router announced to it while its create_room calls
+        # were out (one set per call): those calls' answers were given already
+        self._creating: dict[str, dict[int, set[str]]] = {}
         self.feeds: dict[str, RoomFeed] = {}
         self.sequencers: dict[str, RoomSequencer] = {}
         self._feed_lock = asyncio.Lock()
@@ -516,8 +519,11 @@ class Hub:
                 continue
             conn.announced_rooms.add(room.id)
             text = plain
-            if origin is not None and origin.conn == conn.id and origin.requestId:
-                text = encode(RoomCreatedFrame(room=room, requestId=origin.requestId))
+            if origin is not None and origin.conn == conn.id:
+                if origin.requestId:
+                    text = encode(RoomCreatedFrame(room=room, requestId=origin.requestId))
+                for answered in self._creating.get(conn.id, {}).values():
+                    answered.add(room.id)
             conn.push(text)
 
     async def _router_loop(self) -> None:
@@ -702,15 +708,23 @@ class Hub:
             sequencer.resolved(room_id, message_id)
 
     async def _create_room(self, conn: Connection, action: CreateRoomAction) -> None:
-        reply = await self.bus.create_room(
-            CreateRoomCommand(
-                correlationId=correlation_id.get(),
-                userId=conn.user_id,
-                participants=action.participants,
-                origin=self._origin(conn, action.requestId),
-                idempotencyKey=action.idempotencyKey,
+        answered: set[str] = set()  # filled by the router if it answers this call first
+        calls = self._creating.setdefault(conn.id, {})
+        calls[id(answered)] = answered
+        try:
+            reply = await self.bus.create_room(
+                CreateRoomCommand(
+                    correlationId=correlation_id.get(),
+                    userId=conn.user_id,
+                    participants=action.participants,
+                    origin=self._origin(conn, action.requestId),
+                    idempotencyKey=action.idempotencyKey,
+                )
             )
-        )
+        finally:
+            calls.pop(id(answered), None)
+            if not calls:
+                self._creating.pop(conn.id, None)
         if reply.room is None:
             error = reply.error
             text = encode(
@@ -729,9 +743,13 @@ class Hub:
         self.user_rooms.setdefault(conn.user_id, set()).add(reply.room.id)
         await self._join(conn, reply.room.id, new_room=True)
         await self._flush()
-        if reply.room.id not in conn.announced_rooms:
-            conn.announced_rooms.add(reply.room.id)
-            conn.push(encode(RoomCreatedFrame(room=reply.room, requestId=action.requestId)))
+        if reply.room.id in answered:
+            return  # the router's announcement to this connection was this call's answer
+        # Answered even when the room was announced to this connection before: that is a
+        # retry with the same idempotencyKey, and its answer is the room (as a message's retry
+        # is answered with the stored message).
+        conn.announced_rooms.add(reply.room.id)
+        conn.push(encode(RoomCreatedFrame(room=reply.room, requestId=action.requestId)))
 
     async def _sync(self, conn: Connection, action: SyncAction) -> None:
         rooms = await self._load_user_rooms(conn.user_id, force=True)

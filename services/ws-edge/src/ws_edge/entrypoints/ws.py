@@ -64,17 +64,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     if admission is Admission.REFUSED:
         await _deny(websocket, 429, ErrorCode.RATE_LIMITED, "too many connections for this user")
         return
-    try:
-        await websocket.accept()
-    except BaseException:
-        await hub.withdraw(claims.user_id, conn_id)
-        raise
-    release_handshake(websocket)
-    keepalive: Keepalive = websocket.app.state.keepalive
-    pinged = keepalive.watch(websocket._receive)
     now = time.monotonic()
-    user_buckets: UserBuckets = websocket.app.state.user_buckets
-    user_bucket = user_buckets.acquire(claims.user_id, now)
 
     async def send_text(text: str) -> None:
         await websocket.send_text(text)
@@ -96,12 +86,45 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         settings.send_queue_frames,
         TokenBucket(settings.rate_burst, settings.rate_per_second, now),
         AbuseMeter(settings.abuse_refusals, settings.abuse_window_seconds),
-        _direct_writer(websocket, settings),
-        conn_id,
+        conn_id=conn_id,
+        held=True,
     )
-    meter_frames(websocket._receive, _FrameMeter(conn))
+    # Attached (rooms learnt, their feeds subscribed) before the handshake is answered: a
+    # message stored once the client sees its socket open reaches it, and frames that arrive
+    # meanwhile are held for it in order. Accepting first left a gap in which a message of
+    # the user's rooms reached every other connection but not this one.
     try:
         await hub.attach(conn, registered=admission is Admission.REGISTERED)
+    except Exception as exc:
+        log.warning("could not attach a new connection: %s", exc)
+        conn.closed = True
+        await hub.detach(conn)
+        await _deny(websocket, 503, ErrorCode.UNAVAILABLE, "the node cannot serve you now; retry")
+        return
+    except BaseException:  # cancelled (the server stops): leave nothing behind in the hub
+        conn.closed = True
+        await hub.detach(conn)
+        raise
+    if conn.closed:  # closed while attaching (its token expired, too many frames held)
+        await hub.detach(conn)
+        if conn.closing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.closing, settings.close_timeout_seconds + 3)
+        return
+    try:
+        await websocket.accept()
+    except BaseException:
+        conn.closed = True
+        await hub.detach(conn)
+        raise
+    release_handshake(websocket)
+    keepalive: Keepalive = websocket.app.state.keepalive
+    pinged = keepalive.watch(websocket._receive)
+    user_buckets: UserBuckets = websocket.app.state.user_buckets
+    user_bucket = user_buckets.acquire(claims.user_id, time.monotonic())
+    conn.open(_direct_writer(websocket, settings))
+    meter_frames(websocket._receive, _FrameMeter(conn))
+    try:
         await _read_loop(websocket, hub, conn, settings, user_bucket)
     except WebSocketDisconnect:
         pass
