@@ -93,6 +93,33 @@ async def test_sse_client_and_ws_client_chat_in_one_room(mesh: Mesh) -> None:
         await ws.close()
 
 
+async def test_a_message_sent_as_a_stream_opens_reaches_it(mesh: Mesh) -> None:
+    """A fresh stream (no position) that the client sees open gets every message stored from
+    then on, also when its node has to subscribe the room's feed for it."""
+    alice = await create_user(mesh, "Quick")
+    bob = await create_user(mesh, "Listener")
+    ws = await WsClient.connect(mesh.ws_url(1, alice["token"]), alice["id"])
+    try:
+        room = await _room_over_http(mesh, alice["token"], [bob["id"]])
+        for attempt in range(20):
+            sse = await SseClient(mesh.edges[0], bob["token"]).start()
+            try:
+                assert sse.status == 200
+                content = f"as it opens {attempt}"
+                await ws.send_message(room["id"], content)
+                got = await sse.wait_for(
+                    lambda f, c=content: (
+                        f.get("type") == "message_created" and f["message"]["content"] == c
+                    ),
+                    within=10,
+                )
+                assert got["message"]["seq"] == attempt + 1
+            finally:
+                await sse.close()
+    finally:
+        await ws.close()
+
+
 async def test_sse_resume_on_another_node_delivers_each_frame_once(mesh: Mesh) -> None:
     """Last-Event-ID on the other node replays missed messages and a new room, once each."""
     alice = await create_user(mesh, "Al")

@@ -100,6 +100,11 @@ class Connection:
         `wire` is the text's WebSocket frame when the caller built it once for many sockets.
         A client whose queue is full is too slow and is disconnected (4408).
         """
+        return self._deliver(text, wire)
+
+    def _deliver(self, text: str, wire: bytes | None) -> bool:
+        # `push` as this class does it: subclasses that encode frames (SSE) override `push`,
+        # and frames held before the socket opened are already encoded
         if self.closed:
             return False
         if self._held is not None:
@@ -134,7 +139,7 @@ class Connection:
         held, self._held = self._held, None
         self._write_frame = write_frame
         for text, wire in held or ():
-            self.push(text, wire)
+            self._deliver(text, wire)
 
     def refuse(self, text: str, now: float | None = None) -> None:
         """Send an `error` frame that refuses (part of) what the client sent, and count it:

@@ -204,8 +204,8 @@ class Hub:
         (`RedisConnectionMap.reserve`), so handshakes on several nodes do too. Why: a count
         read before registering let a burst of handshakes of one token all pass the limit.
         If the map does not answer, this node's count decides (the heartbeat registers the
-        connection once the map is back). An admission is given back by `detach` (or by
-        `withdraw`, when the connection never attached).
+        connection once the map is back). An admission is given back by `detach` (also for a
+        connection whose attach failed).
         """
         held = self._admitted.get(user_id, 0)
         if held >= limit:
@@ -234,11 +234,6 @@ class Hub:
             self._admitted[user_id] = held
         else:
             self._admitted.pop(user_id, None)
-
-    async def withdraw(self, user_id: str, conn_id: str) -> None:
-        """An admitted connection that never attached: give back its slot and map entry."""
-        self.release(user_id)
-        await self._unregister(user_id, conn_id)
 
     async def _unregister(self, user_id: str, conn_id: str) -> None:
         try:

@@ -6,7 +6,9 @@ client's position (`message_created`, `room_created`, `synced`), `id: <position>
 the frame is queued, i.e. covering exactly the frames queued up to and including it
 (`domain/position.py`). Opening a stream:
 
-- without `Last-Event-ID`: the client starts now; every room's latest seq is its baseline;
+- without `Last-Event-ID`: the client starts now; every room's latest seq is its baseline,
+  read before the answer starts (entrypoints/sse.py), so the stream the client sees open
+  misses nothing stored after that;
 - with one: every seq the position does not cover is replayed from history (the same
   `HistoryRangeQuery` the WS `sync` uses, paged until complete, with backpressure), rooms it
   does not name get `room_created` first; live frames of those rooms wait until the replay is

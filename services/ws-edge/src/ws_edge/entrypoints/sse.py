@@ -66,6 +66,11 @@ class EventStream(Response):
             ended.set()
 
         settings = self.settings
+        # A fresh stream (no position) starts "now": it is brought to the live edge before
+        # the answer starts, so every message stored once the client sees the stream open
+        # reaches it (frames meanwhile are held for it in order). A resume is defined by its
+        # position instead, and its replay may be long (it needs the stream flowing).
+        fresh = self.position is None
         conn = SseConnection(
             self.claims,
             write,
@@ -73,6 +78,7 @@ class EventStream(Response):
             settings.send_queue_frames,
             TokenBucket(settings.rate_burst, settings.rate_per_second, time.monotonic()),
             AbuseMeter(settings.abuse_refusals, settings.abuse_window_seconds),
+            held=fresh,
         )
         # the user's connection limit, taken here where the stream's end is sure to give it
         # back (see Hub.admit: counted and registered in one step)
@@ -82,12 +88,35 @@ class EventStream(Response):
             refused = _error(429, ErrorCode.RATE_LIMITED, "too many connections for this user")
             await refused(scope, receive, send)
             return
+        registered = admission is Admission.REGISTERED
+        conn.push_comment(f"stream of {conn.user_id}\nretry: {RETRY_MS}")
+        if fresh:
+            try:
+                await open_stream(hub, conn, None, registered)
+            except Exception as exc:
+                log.warning("event stream not opened: %s", exc)
+                conn.closed = True
+                await hub.detach(conn)
+                unavailable = _error(
+                    503, ErrorCode.UNAVAILABLE, "the node cannot serve you now; retry"
+                )
+                await unavailable(scope, receive, send)
+                return
+            except BaseException:
+                conn.closed = True
+                await hub.detach(conn)
+                raise
+            if conn.closed:  # closed while opening (token expired, too many frames held)
+                await hub.detach(conn)
+                await _error(503, ErrorCode.UNAVAILABLE, "stream closed")(scope, receive, send)
+                return
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         except BaseException:
-            await hub.withdraw(conn.user_id, conn.id)
+            conn.closed = True
+            await hub.detach(conn)
             raise
-        conn.push_comment(f"stream of {conn.user_id}\nretry: {RETRY_MS}")
+        conn.open(None)
 
         async def watch_disconnect() -> None:
             while True:
@@ -103,7 +132,8 @@ class EventStream(Response):
 
         helpers = [asyncio.create_task(watch_disconnect()), asyncio.create_task(heartbeat())]
         try:
-            await open_stream(hub, conn, self.position, admission is Admission.REGISTERED)
+            if not fresh:
+                await open_stream(hub, conn, self.position, registered)
             await ended.wait()
         except TimeoutError:
             # a service did not answer while the stream was opened (overload): the client
