@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import websockets
@@ -121,3 +122,34 @@ class WsClient:
         if self.reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.reader, 5)
+
+
+class Receiver(Protocol):
+    async def wait_for(self, predicate: Any, within: float = 15.0) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+async def each_opening_gets_the_next_message(
+    open_receiver: Callable[[], Awaitable[Receiver]],
+    sender: WsClient,
+    room_id: str,
+    attempts: int = 20,
+) -> None:
+    """`attempts` times: open a receiver (its node has to subscribe the room anew when it is
+    the room's only member there), send a message into the room as soon as it is open, and
+    check that the receiver gets it (the n-th message has seq n)."""
+    for attempt in range(attempts):
+        receiver = await open_receiver()
+        try:
+            content = f"as it opens {attempt}"
+            await sender.send_message(room_id, content)
+            got = await receiver.wait_for(
+                lambda f, c=content: (
+                    f.get("type") == "message_created" and f["message"]["content"] == c
+                ),
+                within=10,
+            )
+            assert got["message"]["seq"] == attempt + 1
+        finally:
+            await receiver.close()

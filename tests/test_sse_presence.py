@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import httpx
-from chat_client import Mesh, WsClient, create_user, now_iso
+from chat_client import Mesh, WsClient, create_user, each_opening_gets_the_next_message, now_iso
 from sse_client import SseClient
 
 
@@ -101,21 +101,13 @@ async def test_a_message_sent_as_a_stream_opens_reaches_it(mesh: Mesh) -> None:
     ws = await WsClient.connect(mesh.ws_url(1, alice["token"]), alice["id"])
     try:
         room = await _room_over_http(mesh, alice["token"], [bob["id"]])
-        for attempt in range(20):
+
+        async def open_bob() -> SseClient:
             sse = await SseClient(mesh.edges[0], bob["token"]).start()
-            try:
-                assert sse.status == 200
-                content = f"as it opens {attempt}"
-                await ws.send_message(room["id"], content)
-                got = await sse.wait_for(
-                    lambda f, c=content: (
-                        f.get("type") == "message_created" and f["message"]["content"] == c
-                    ),
-                    within=10,
-                )
-                assert got["message"]["seq"] == attempt + 1
-            finally:
-                await sse.close()
+            assert sse.status == 200
+            return sse
+
+        await each_opening_gets_the_next_message(open_bob, ws, room["id"])
     finally:
         await ws.close()
 
