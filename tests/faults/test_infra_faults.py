@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import time
 
+import httpx
 import pytest
 from faultkit import (
     FaultMesh,
@@ -197,3 +200,54 @@ async def test_stop_and_restart_store_under_traffic(fault_mesh: list[FaultMesh])
         raise
     finally:
         await asyncio.gather(*(c.stop() for c in clients))
+
+
+async def test_a_frozen_store_gets_bounded_answers(fault_mesh: list[FaultMesh]) -> None:
+    """The store stops answering (SIGSTOP, as a hung disk or host would) for about 20 s: each
+    service's /readyz answers 503 naming the store within seconds, reads answer 503
+    `unavailable` within the response timeout (10 s; before it, the store client's minute of
+    retries), nothing logs an error, and every service is ready again once it is back."""
+    mesh = await FaultMesh().up()
+    fault_mesh.append(mesh)
+    services = {name: mesh.services[name].url for name in ("users", "rooms", "history")}
+    async with httpx.AsyncClient(timeout=60) as http:
+        made = await http.post(f"{services['users']}/users", json={"name": "Frozen"})
+        assert made.status_code == 201, made.text
+        auth = {"authorization": f"Bearer {made.json()['token']}"}
+        store = mesh.dynamo()
+        os.kill(store.pid, signal.SIGSTOP)
+        try:
+            for name, url in services.items():
+                started = time.monotonic()
+                ready = await http.get(f"{url}/readyz")
+                took = time.monotonic() - started
+                assert ready.status_code == 503, (name, ready.text)
+                assert "store" in ready.json()["failures"], (name, ready.text)
+                assert took < 6, (name, took)
+            for url in (f"{services['users']}/users", f"{services['rooms']}/rooms"):
+                started = time.monotonic()
+                answer = await http.get(url, headers=auth)
+                took = time.monotonic() - started
+                assert answer.status_code == 503, (url, answer.text)
+                assert answer.json()["error"]["code"] == "unavailable"
+                assert took < 15, (url, took)
+        finally:
+            os.kill(store.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        waiting = dict(services)
+        while waiting and time.monotonic() < deadline:
+            for name, url in list(waiting.items()):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{url}/readyz", timeout=5)).status_code == 200:
+                        del waiting[name]
+            await asyncio.sleep(0.5)
+        assert not waiting, f"not ready again: {sorted(waiting)}"
+        listed = await http.get(f"{services['users']}/users", headers=auth)
+        assert listed.status_code == 200, listed.text
+    for name in services:
+        errors = [
+            line
+            for line in mesh.services[name].log_path.read_text().splitlines()
+            if '"level": "error"' in line or "Traceback" in line
+        ]
+        assert not errors, (name, errors[:3])

@@ -8,10 +8,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+from botocore.exceptions import ClientError
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from nats.errors import Error as NatsError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -77,10 +80,54 @@ def install_error_handlers(app: FastAPI) -> None:
             code = ErrorCode.INTERNAL
         return error_response(exc.status_code, code, str(exc.detail))
 
+    # A dependency that does not answer (store, bus, cache) is an outage, not a bug: 503 and a
+    # warning line. Handled here by class, so Starlette does not re-raise it to the server as
+    # it does for the catch-all below (which logged two tracebacks per request in an outage).
+    async def _outage(_: Request, exc: Exception) -> JSONResponse:
+        if not is_outage(exc):
+            log.error("unhandled error", exc_info=exc)
+        else:
+            log.warning("a dependency did not answer: %s: %s", type(exc).__name__, exc)
+        return error_response(503, ErrorCode.UNAVAILABLE, "temporarily unavailable, retry")
+
+    for outage in OUTAGE_TYPES:
+        app.add_exception_handler(outage, _outage)
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return error_response(503, ErrorCode.UNAVAILABLE, "temporarily unavailable, retry")
+
+
+# What a dependency's outage raises: timeouts and connection errors (the store client's
+# retries exhausted, NATS requests unanswered, Redis gone).
+OUTAGE_TYPES: tuple[type[Exception], ...] = (
+    TimeoutError,
+    OSError,
+    ClientError,
+    NatsError,
+    RedisError,
+)
+# botocore error codes that mean "not now" rather than "wrong request"
+_OUTAGE_CODES = frozenset(
+    {
+        "ConnectionError",
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+    }
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A dependency not answering (or refusing for load), as opposed to a programming error."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error.get("Code") in _OUTAGE_CODES or int(status or 0) >= 500
+    return isinstance(exc, OUTAGE_TYPES)
 
 
 class BodyLimitMiddleware:
@@ -188,9 +235,57 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+class ResponseDeadlineMiddleware:
+    """503 `unavailable` for an HTTP request whose answer has not started within `seconds`.
+
+    Why: a dependency that stops answering (a frozen store) would otherwise hold the request
+    for as long as the client library retries (the store client: six attempts of 10 s). Once
+    the answer has started (a stream) it is no longer bounded. The handler is cancelled,
+    which each service survives as it survives a crash between two steps.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        deadline = asyncio.timeout(self.seconds)
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                deadline.reschedule(None)
+            await send(message)
+
+        try:
+            async with deadline:
+                await self.app(scope, receive, send_started)
+        except TimeoutError:
+            if not deadline.expired() or started:
+                raise
+            log.warning(
+                "no answer within %.1f s: %s %s", self.seconds, scope.get("method"), scope["path"]
+            )
+            response = error_response(
+                503, ErrorCode.UNAVAILABLE, "no answer in time (a dependency is slow); retry"
+            )
+            await response(scope, receive, send)
+
+
 def install_common_middleware(
-    app: FastAPI, max_body_bytes: int, cors_origins: list[str], body_timeout: float = 15.0
+    app: FastAPI,
+    max_body_bytes: int,
+    cors_origins: list[str],
+    body_timeout: float = 15.0,
+    response_timeout: float = 10.0,
 ) -> None:
+    # innermost: the deadline runs from the moment the body has been read
+    app.add_middleware(ResponseDeadlineMiddleware, seconds=response_timeout)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -235,8 +330,11 @@ CurrentUserId = Annotated[str, Depends(current_user_id)]
 # --- health ---------------------------------------------------------------------------------------
 
 
-def health_router(checks: Callable[[], dict[str, ReadinessCheck]]) -> APIRouter:
-    """`/healthz` (process up) and `/readyz` (every dependency answers) for a service."""
+def health_router(
+    checks: Callable[[], dict[str, ReadinessCheck]], timeout: float = 3.0
+) -> APIRouter:
+    """`/healthz` (process up) and `/readyz` (every dependency answers, each within `timeout`
+    seconds: a probe must get its answer quickly, also when a dependency hangs)."""
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz", summary="Process is up")
@@ -250,11 +348,16 @@ def health_router(checks: Callable[[], dict[str, ReadinessCheck]]) -> APIRouter:
     )
     async def readyz() -> JSONResponse:
         failures: dict[str, str] = {}
-        for name, check in checks().items():
+
+        async def run(name: str, check: ReadinessCheck) -> None:
             try:
-                await check()
+                await asyncio.wait_for(check(), timeout)
+            except TimeoutError:
+                failures[name] = f"no answer within {timeout:g} s"
             except Exception as exc:
                 failures[name] = f"{type(exc).__name__}: {exc}"[:200]
+
+        await asyncio.gather(*(run(name, check) for name, check in checks().items()))
         if failures:
             return JSONResponse({"status": "unavailable", "failures": failures}, status_code=503)
         return JSONResponse({"status": "ready"})

@@ -49,6 +49,9 @@ class CommonSettings(BaseSettings):
     max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=1024 * 1024)
     # a request body (at most max_body_bytes) not received this long after its headers: 408
     body_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    # an HTTP request whose answer has not started this long after its body was read (a
+    # dependency not answering): 503 `unavailable`
+    response_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     log_level: str = "INFO"
     cors_origins: str = ""  # comma separated; empty: no cross-origin access
 

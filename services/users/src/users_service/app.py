@@ -80,7 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     install_common_middleware(
-        app, settings.max_body_bytes, settings.cors_origin_list, settings.body_timeout_seconds
+        app,
+        settings.max_body_bytes,
+        settings.cors_origin_list,
+        settings.body_timeout_seconds,
+        settings.response_timeout_seconds,
     )
 
     def checks() -> dict[str, ReadinessCheck]:

@@ -85,7 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.http_buckets = RecentBuckets(settings.user_rate_burst, settings.user_rate_per_second)
     install_error_handlers(app)
     install_common_middleware(
-        app, settings.max_body_bytes, settings.cors_origin_list, settings.body_timeout_seconds
+        app,
+        settings.max_body_bytes,
+        settings.cors_origin_list,
+        settings.body_timeout_seconds,
+        settings.response_timeout_seconds,
     )
 
     async def nats_ready() -> None:
