@@ -156,6 +156,33 @@ def test_missing_service_module_is_a_clear_error(
     assert "CHAT_RUN_ONLY" in "\n".join(lines)
 
 
+def test_a_bad_setting_is_named_before_anything_starts(tmp_path: Path) -> None:
+    """A value a service would refuse stops `python -m mesh run` at once (no server is
+    started, no provisioning waited for), naming the variable, its value and the services;
+    a secret's value is never printed."""
+    def start(**settings: str) -> subprocess.CompletedProcess[str]:
+        env = port_env(CHAT_DATA_DIR=str(tmp_path), **settings)
+        result = subprocess.run(
+            [sys.executable, "-m", "mesh", "run"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert "invalid settings" in result.stdout
+        assert "servers are up" not in result.stdout
+        assert all_closed(env) == []
+        return result
+
+    ttl = start(CHAT_TOKEN_TTL_SECONDS="30").stdout
+    assert "CHAT_TOKEN_TTL_SECONDS='30': Input should be greater than or equal to 60" in ttl
+    assert all(part in ttl for part in ("users", "rooms", "history", "edge-a", "edge-b"))
+    weak = start(CHAT_ENV="production", CHAT_JWT_SECRET="short-secret-value")
+    assert "CHAT_JWT_SECRET" in weak.stdout
+    assert "short-secret-value" not in weak.stdout + weak.stderr
+
+
 def test_run_refuses_a_held_port(tmp_path: Path) -> None:
     """`python -m mesh run` exits 1 naming the variable when a port is taken."""
     env = port_env(CHAT_DATA_DIR=str(tmp_path), CHAT_RUN_ONLY="infra")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import importlib.util
 import os
 import signal
@@ -351,6 +352,43 @@ def _nats_argv(cfg: Config, index: int | None, routes: list[str]) -> Callable[[]
     return argv
 
 
+def settings_problems(cfg: Config, secret: str) -> list[str]:
+    """Each service's settings as its process will read them, checked before anything starts:
+    one line per setting that would stop a service (`CHAT_X=value: why (services)`), so that
+    a bad value is named at once instead of after servers and provisioning time out on it."""
+    from pydantic import ValidationError
+
+    found: dict[str, list[str]] = {}
+    for part in cfg.services:
+        module = importlib.import_module(f"{SERVICE_MODULES[part]}.settings")
+        with _environ(cfg.service_env(part, secret)):
+            try:
+                module.Settings()
+            except ValidationError as exc:
+                for error in exc.errors():
+                    field = str(error["loc"][0]) if error["loc"] else ""
+                    shown = f"CHAT_{field.upper()}" if field else "settings"
+                    if field and "secret" not in field:  # a secret's value is never printed
+                        shown += f"={error['input']!r}"
+                    found.setdefault(f"{shown}: {error['msg']}", []).append(part)
+    return [f"{line} ({', '.join(parts)})" for line, parts in found.items()]
+
+
+@contextlib.contextmanager
+def _environ(env: Mapping[str, str]) -> Iterator[None]:
+    """os.environ as a service process gets it (the runner's own CHAT_* replaced by `env`),
+    for the block. Called before any thread of the runner starts."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update({k: v for k, v in saved.items() if not k.upper().startswith("CHAT_")})
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def service_specs(cfg: Config, secret: str) -> list[ChildSpec]:
     specs = []
     for part in cfg.services:
@@ -442,6 +480,9 @@ class Runner:
         cfg = self.cfg
         ensure_data_dir(cfg.data_dir)
         secret = cfg.env.get("CHAT_JWT_SECRET") or load_or_create_secret(cfg.data_dir)
+        problems = settings_problems(cfg, secret)
+        if problems:
+            raise RunError("invalid settings:\n" + "\n".join(f"  {p}" for p in problems))
         specs = server_specs(cfg) + service_specs(cfg, secret)
         self.sup = Supervisor(specs, self.say, backoff=cfg.backoff)
         code = 1
