@@ -156,19 +156,21 @@ def test_missing_service_module_is_a_clear_error(
     assert "CHAT_RUN_ONLY" in "\n".join(lines)
 
 
+def mesh_run_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m mesh run` with `env` that is expected to stop by itself (a refused start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mesh", "run"], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_a_bad_setting_is_named_before_anything_starts(tmp_path: Path) -> None:
     """A value a service would refuse stops `python -m mesh run` at once (no server is
     started, no provisioning waited for), naming the variable, its value and the services;
     a secret's value is never printed."""
+
     def start(**settings: str) -> subprocess.CompletedProcess[str]:
         env = port_env(CHAT_DATA_DIR=str(tmp_path), **settings)
-        result = subprocess.run(
-            [sys.executable, "-m", "mesh", "run"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = mesh_run_once(env)
         assert result.returncode == 1
         assert "invalid settings" in result.stdout
         assert "servers are up" not in result.stdout
@@ -189,13 +191,7 @@ def test_run_refuses_a_held_port(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", int(env["CHAT_REDIS_PORT"])))
         holder.listen()
-        result = subprocess.run(
-            [sys.executable, "-m", "mesh", "run"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = mesh_run_once(env)
     assert result.returncode == 1
     assert "set CHAT_REDIS_PORT to another port" in result.stdout
 
