@@ -88,6 +88,25 @@ async def test_sse_client_and_ws_client_chat_in_one_room(mesh: Mesh) -> None:
         assert refused.json()["error"]["code"] == "not_participant"
         missing = await _post_message(mesh, 0, bob["token"], "room_nope", "anyone?")
         assert missing.status_code == 404
+        # the WS action's shape (with its roomId) is accepted for the path's room only
+        async with httpx.AsyncClient(timeout=15) as http:
+            answers = [
+                await http.post(
+                    f"{mesh.edges[0]}/rooms/{room['id']}/messages",
+                    json={
+                        "roomId": room_id,
+                        "messageId": str(uuid.uuid4()),
+                        "content": f"for {room_id}",
+                        "createdAt": now_iso(),
+                    },
+                    headers={"authorization": f"Bearer {bob['token']}"},
+                )
+                for room_id in ("room_elsewhere", room["id"])
+            ]
+        assert answers[0].status_code == 400, answers[0].text
+        assert answers[0].json()["error"]["code"] == "invalid_room_id"
+        assert answers[1].status_code == 201, answers[1].text
+        assert answers[1].json()["seq"] == 3  # the refused one took no seq
     finally:
         await sse.close()
         await ws.close()

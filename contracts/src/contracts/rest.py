@@ -137,6 +137,9 @@ class SendMessageRequest(WireModel):
     content: MessageContent
     createdAt: Timestamp
     senderId: Identifier | None = Field(default=None, description="if given, must be the caller")
+    roomId: str | None = Field(
+        default=None, max_length=128, description="if given, must be the room of the path"
+    )
 
 
 class PresenceEntry(WireModel):

@@ -58,11 +58,19 @@ def _app() -> FastAPI:
 
 
 def test_error_shapes() -> None:
-    """Bad JSON, arrays, wrong types, unknown routes, missing tokens: 4xx in the JSON shape."""
+    """Bad JSON (also bytes that are not UTF-8), arrays, wrong types, unknown routes, missing
+    tokens: 4xx in the JSON shape."""
     client = TestClient(_app())
     cases = [
         (
             client.post("/users", content=b"{bad", headers={"content-type": "application/json"}),
+            400,
+            "invalid_json",
+        ),
+        (
+            client.post(
+                "/users", content=b"\xff\xfe", headers={"content-type": "application/json"}
+            ),
             400,
             "invalid_json",
         ),
@@ -91,7 +99,7 @@ def test_error_shapes() -> None:
         assert response.json()["error"]["code"] == code
         assert response.json()["error"]["message"]
     assert cases[0][0].headers["x-content-type-options"] == "nosniff"
-    assert cases[2][0].json()["error"]["message"] == "request body required: a JSON object"
+    assert cases[3][0].json()["error"]["message"] == "request body required: a JSON object"
 
 
 def test_streamed_body_over_limit() -> None:

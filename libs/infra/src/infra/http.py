@@ -55,6 +55,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[ErrorCode, str]:
     return code_for_location(loc), text[:300]
 
 
+BODY_NOT_PARSED = "There was an error parsing the body"  # FastAPI's detail, 400
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in the contract's JSON shape; FastAPI's default 422 body never does."""
 
@@ -78,6 +81,9 @@ def install_error_handlers(app: FastAPI) -> None:
         code = codes.get(exc.status_code, ErrorCode.VALIDATION_ERROR)
         if exc.status_code >= 500:
             code = ErrorCode.INTERNAL
+        if exc.status_code == 400 and exc.detail == BODY_NOT_PARSED:
+            # FastAPI's answer to a body that is not even text (not UTF-8): bad JSON all the same
+            return error_response(400, ErrorCode.INVALID_JSON, "request body is not valid JSON")
         return error_response(exc.status_code, code, str(exc.detail))
 
     # A dependency that does not answer (store, bus, cache) is an outage, not a bug: 503 and a

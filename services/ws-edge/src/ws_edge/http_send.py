@@ -78,6 +78,9 @@ class HttpSender:
 
     async def send(self, user_id: str, room_id: str, body: SendMessageRequest) -> Message | None:
         """The stored message, or None if it was queued but not stored within the wait."""
+        if body.roomId is not None and body.roomId != room_id:
+            # the WS action's shape sent to another room's URL: refused, never stored elsewhere
+            raise ChatError(ErrorCode.INVALID_ROOM_ID, "roomId must be the room of the path")
         if body.senderId is not None and body.senderId != user_id:
             raise ChatError(ErrorCode.SENDER_MISMATCH, "senderId must be the caller", 403)
         try:

@@ -27,7 +27,8 @@ MAX_PRESENCE_USERS = 200
     summary="Send a message (the WS `create_message` over HTTP)",
     description=(
         "Body: `messageId` (client-generated, the idempotency key), `content`, `createdAt`, "
-        "optional `senderId` (must be the caller). Same checks and effect as the WS action: "
+        "optional `senderId` (must be the caller) and `roomId` (must be the path's room, "
+        "else 400 `invalid_room_id`). Same checks and effect as the WS action: "
         "every online participant receives `message_created`. Answers **201** with the stored "
         "message (with `seq`) once history has stored it; **202** `{roomId, messageId}` when it "
         "is durably queued but not stored within 5 s (it will be: watch the stream, or repeat "
