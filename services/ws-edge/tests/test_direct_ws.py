@@ -101,7 +101,8 @@ async def test_direct_writes_never_overtake_queued_frames() -> None:
 async def test_frames_for_a_socket_not_open_yet_wait_for_it_in_order() -> None:
     """A connection attached before its handshake is answered holds its frames (nothing is
     written to a socket not open yet) and sends them, in order and before any later frame,
-    once it is open; more than its queue holds is a slow client (4408)."""
+    once it is open; more than its queue holds is a slow client (4408), and a close while
+    held is not sent until the socket is open (the endpoint refuses the handshake instead)."""
     sent: list[str] = []
 
     def write(frame: bytes) -> bool:
@@ -135,6 +136,10 @@ async def test_frames_for_a_socket_not_open_yet_wait_for_it_in_order() -> None:
     assert not slow.push("3")
     assert slow.closed
     assert slow.close_code == 4408
+    assert slow.closing is None  # nothing is sent on a socket not open: refused instead
+    status, code, _ = slow.refusal()
+    assert (status, code) == (503, "unavailable")
+    slow.open(None)  # it opened all the same (the close came as it was accepted): closed now
     assert slow.closing is not None
     await slow.closing
     assert closed == [4408]

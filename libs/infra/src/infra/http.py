@@ -265,7 +265,8 @@ class ResponseDeadlineMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                deadline.reschedule(None)
+                if not deadline.expired():  # (an answer can start as the deadline fires)
+                    deadline.reschedule(None)
             await send(message)
 
         try:

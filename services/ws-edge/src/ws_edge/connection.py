@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from contracts.errors import ErrorCode
 from infra.auth import Claims
 from infra.metrics import count_frame_out
 from ws_edge.adapters.direct_ws import text_frame
@@ -63,6 +64,7 @@ class Connection:
         # frames for a socket not open yet (attached before its handshake is answered), sent
         # in order by `open`
         self._held: list[tuple[str, bytes | None]] | None = [] if held else None
+        self.held_close: tuple[int, str] | None = None  # a close asked for while held
         self._writing = False  # the writer holds a frame it has taken from the queue
         self.queue_size = queue_size
         self._queue: asyncio.Queue[str | None] | None = None
@@ -138,6 +140,9 @@ class Connection:
         then every frame as usual (`write_frame`: the direct path, as in the constructor)."""
         held, self._held = self._held, None
         self._write_frame = write_frame
+        if self.held_close is not None:  # closed before it opened: the close goes out now
+            self.closing = asyncio.get_running_loop().create_task(self._do_close(*self.held_close))
+            return
         for text, wire in held or ():
             self._deliver(text, wire)
 
@@ -148,10 +153,24 @@ class Connection:
         if self.abuse.refuse(time.monotonic() if now is None else now):
             self.close_soon(4429, "abusive: too many refused frames")
 
+    def refusal(self) -> tuple[int, ErrorCode, str]:
+        """For a connection closed before it opened: the HTTP answer that refuses it instead
+        (401 when its token expired meanwhile, else 503: reconnect, maybe elsewhere)."""
+        code, reason = self.held_close or (1011, "closed")
+        if code == 4401:
+            return 401, ErrorCode.TOKEN_EXPIRED, reason
+        return 503, ErrorCode.UNAVAILABLE, f"{reason}; reconnect"
+
     def close_soon(self, code: int, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
+        if self._held is not None:
+            # the socket is not open yet: nothing can be sent on it. The endpoint refuses the
+            # handshake instead (`held_close` says why), or `open` closes it once it is open.
+            self.close_code = code
+            self.held_close = (code, reason)
+            return
         self.close_code = code
         self.closing = asyncio.get_running_loop().create_task(self._do_close(code, reason))
 

@@ -135,9 +135,9 @@ class Hub:
         # user -> connections admitted on this node, from the handshake's admission to the end
         self._admitted: dict[str, int] = {}
         self.user_rooms: dict[str, set[str]] = {}
-        # per connection, the rooms the router announced to it while its create_room calls
-        # were out (one set per call): those calls' answers were given already
-        self._creating: dict[str, dict[int, set[str]]] = {}
+        # per connection, its create_room calls that are out (requestId, and the rooms the
+        # router announced to it as their answer: those calls' answers were given already)
+        self._creating: dict[str, dict[int, tuple[str | None, set[str]]]] = {}
         self.feeds: dict[str, RoomFeed] = {}
         self.sequencers: dict[str, RoomSequencer] = {}
         self._feed_lock = asyncio.Lock()
@@ -328,9 +328,16 @@ class Hub:
                 if feed is None:
                     feed = RoomFeed(room_id, RoomOrder(delivered=0 if new_room else None))
                     self.feeds[room_id] = feed
-                    feed.subscription = await self.bus.subscribe(
-                        subjects.message_created(room_id), self._on_room_msg
-                    )
+                    try:
+                        feed.subscription = await self.bus.subscribe(
+                            subjects.message_created(room_id), self._on_room_msg
+                        )
+                    except BaseException:
+                        # no feed without its subscription: this node would never deliver
+                        # the room again (a later join subscribes anew)
+                        if self.feeds.get(room_id) is feed:
+                            del self.feeds[room_id]
+                        raise
         feed.members.add(conn)
         conn.view(room_id)
 
@@ -517,8 +524,9 @@ class Hub:
             if origin is not None and origin.conn == conn.id:
                 if origin.requestId:
                     text = encode(RoomCreatedFrame(room=room, requestId=origin.requestId))
-                for answered in self._creating.get(conn.id, {}).values():
-                    answered.add(room.id)
+                for request_id, answered in self._creating.get(conn.id, {}).values():
+                    if request_id == origin.requestId:
+                        answered.add(room.id)
             conn.push(text)
 
     async def _router_loop(self) -> None:
@@ -703,23 +711,30 @@ class Hub:
             sequencer.resolved(room_id, message_id)
 
     async def _create_room(self, conn: Connection, action: CreateRoomAction) -> None:
-        answered: set[str] = set()  # filled by the router if it answers this call first
+        # what the router announces to this connection as the answer to this call (same
+        # requestId) while the call is out, until its own answer is given
+        answered: set[str] = set()
         calls = self._creating.setdefault(conn.id, {})
-        calls[id(answered)] = answered
+        calls[id(answered)] = (action.requestId, answered)
         try:
-            reply = await self.bus.create_room(
-                CreateRoomCommand(
-                    correlationId=correlation_id.get(),
-                    userId=conn.user_id,
-                    participants=action.participants,
-                    origin=self._origin(conn, action.requestId),
-                    idempotencyKey=action.idempotencyKey,
-                )
-            )
+            await self._create_room_call(conn, action, answered)
         finally:
             calls.pop(id(answered), None)
             if not calls:
                 self._creating.pop(conn.id, None)
+
+    async def _create_room_call(
+        self, conn: Connection, action: CreateRoomAction, answered: set[str]
+    ) -> None:
+        reply = await self.bus.create_room(
+            CreateRoomCommand(
+                correlationId=correlation_id.get(),
+                userId=conn.user_id,
+                participants=action.participants,
+                origin=self._origin(conn, action.requestId),
+                idempotencyKey=action.idempotencyKey,
+            )
+        )
         if reply.room is None:
             error = reply.error
             text = encode(

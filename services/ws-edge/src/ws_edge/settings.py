@@ -12,6 +12,11 @@ class Settings(CommonSettings):
     port: int = 8080
     node_id: str = Field(default="a", pattern=r"^[A-Za-z0-9_-]{1,32}$")
 
+    # the edge's own calls are each bounded by bus_timeout_seconds, and an HTTP send or a
+    # stream's opening makes up to four in a row (rooms, room, publish, the store's answer):
+    # its deadline leaves room for them, so a queued message gets its 202, not a 503
+    response_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+
     public_users_url: str = "http://127.0.0.1:8001"
     public_rooms_url: str = "http://127.0.0.1:8003"
     public_history_url: str = "http://127.0.0.1:8002"

@@ -78,7 +78,7 @@ class EventStream(Response):
             settings.send_queue_frames,
             TokenBucket(settings.rate_burst, settings.rate_per_second, time.monotonic()),
             AbuseMeter(settings.abuse_refusals, settings.abuse_window_seconds),
-            held=fresh,
+            held=True,  # nothing is written before the answer starts (`open` below)
         )
         # the user's connection limit, taken here where the stream's end is sure to give it
         # back (see Hub.admit: counted and registered in one step)
@@ -106,9 +106,9 @@ class EventStream(Response):
                 conn.closed = True
                 await hub.detach(conn)
                 raise
-            if conn.closed:  # closed while opening (token expired, too many frames held)
+            if conn.closed:  # closed while opening: refused, saying why
                 await hub.detach(conn)
-                await _error(503, ErrorCode.UNAVAILABLE, "stream closed")(scope, receive, send)
+                await _error(*conn.refusal())(scope, receive, send)
                 return
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})

@@ -105,11 +105,9 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         conn.closed = True
         await hub.detach(conn)
         raise
-    if conn.closed:  # closed while attaching (its token expired, too many frames held)
+    if conn.closed:  # closed while attaching: refused at the handshake, saying why
         await hub.detach(conn)
-        if conn.closing is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.closing, settings.close_timeout_seconds + 3)
+        await _deny(websocket, *conn.refusal())
         return
     try:
         await websocket.accept()
