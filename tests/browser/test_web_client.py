@@ -232,3 +232,36 @@ async def test_a_call_left_unanswered_fails_with_a_message(
         rooms = page.locator("#rooms button[data-room-id]")
         await expect(rooms).to_have_count(1, timeout=WAIT_MS)
         assert await rooms.get_attribute("data-room-id") == lost[0]["id"]
+
+
+async def test_a_tab_left_open_renews_its_token_before_it_expires(
+    web: WebMesh, contexts: list[BrowserContext]
+) -> None:
+    """The page renews its token ahead of its expiry (`POST /token`, then the socket's
+    `refresh`, answered `refreshed`), so a tab left open for a day keeps its account and its
+    connection: the page's clock is moved 23 h 51 min ahead (tokens last 24 h here)."""
+    context = contexts[0]
+    await context.clock.install()
+    frames: list[str] = []
+
+    def watch(new_page: Page) -> None:
+        new_page.on("websocket", lambda ws: ws.on("framereceived", lambda f: frames.append(str(f))))
+
+    context.on("page", watch)
+    alice_name, _ = names()
+    page = await sign_up(context, web.edges[0].url, alice_name)
+    first = (await me(page))["token"]
+    await page.clock.fast_forward("23:51:00")
+    for _ in range(200):  # up to 20 s
+        if (await me(page))["token"] != first and any('"refreshed"' in f for f in frames):
+            break
+        await asyncio.sleep(0.1)
+    renewed = await me(page)
+    assert renewed["token"] != first, "the token was not renewed"
+    assert any('"refreshed"' in f for f in frames), "the socket did not take the new token"
+    await expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    async with httpx.AsyncClient() as http:  # the new token is a valid one of the same user
+        answer = await http.post(
+            f"{web.users}/token", headers={"authorization": f"Bearer {renewed['token']}"}
+        )
+    assert answer.status_code == 200, answer.text

@@ -17,6 +17,7 @@ const state = {
   ws: null,
   attempt: 0,
   reconnectTimer: null,
+  renewTimer: null, // renews the token ahead of its expiry
   usersNext: null,
   roomKey: null, // {wanted, key}: the Idempotency-Key of the room being created
 };
@@ -367,14 +368,55 @@ async function refreshToken() {
     state.me.token = data.token;
     localStorage.setItem(STORE_KEY, JSON.stringify(state.me));
     sendFrame({ action: 'refresh', token: data.token });
+    scheduleRenewal();
     return true;
   } catch (err) {
     if (err.status === 401) {
-      signOut('Your session expired: create a new account or sign in again.');
+      // The token is the account (there is no sign-in): one that expired cannot be renewed.
+      signOut('Your session expired before it could be renewed. There is no sign-in: create a new account.');
       return false;
     }
-    return true; // unreachable for now: keep the token and retry later
+    scheduleRenewal(30000); // users did not answer: keep the token and try again soon
+    return true;
   }
+}
+
+// The token's expiry (ms since the epoch) read from its payload; null when unreadable.
+function tokenExpiry(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(atob(part)).exp;
+    return typeof exp === 'number' ? exp * 1000 : null;
+  } catch (err) {
+    return null;
+  }
+}
+
+// Renew the token well before it expires (10 minutes, or half of what is left when less), so
+// a tab left open never loses its account: the edge closes an expired connection (4401) and
+// an expired token cannot be renewed. Also checked when the page becomes visible again,
+// since timers stand still while a computer sleeps.
+function scheduleRenewal(delay) {
+  clearTimeout(state.renewTimer);
+  if (!state.me) return;
+  if (delay === undefined) {
+    const expiry = tokenExpiry(state.me.token);
+    if (expiry === null) return;
+    const left = expiry - Date.now();
+    delay = Math.max(1000, left - Math.min(600000, left / 2));
+  }
+  // setTimeout holds at most about 24 days; a later renewal is scheduled again from there
+  state.renewTimer = setTimeout(renewIfDue, Math.min(delay, 86400000));
+}
+
+function renewIfDue() {
+  if (!state.me) return;
+  const expiry = tokenExpiry(state.me.token);
+  if (expiry !== null && expiry - Date.now() > 1200000) {
+    scheduleRenewal();
+    return;
+  }
+  refreshToken();
 }
 
 async function queryPresence(ids) {
@@ -634,6 +676,7 @@ async function signUp(event) {
 
 function signOut(message) {
   localStorage.removeItem(STORE_KEY);
+  clearTimeout(state.renewTimer);
   state.me = null;
   state.roomKey = null;
   if (state.ws) {
@@ -658,6 +701,7 @@ async function startChat() {
   $('me-name').textContent = state.me.name;
   $('me-avatar').replaceWith(Object.assign(avatarEl(state.me.name, state.me.avatar), { id: 'me-avatar' }));
   setStatus('Connecting…', 'reconnecting');
+  scheduleRenewal();
   await refreshRooms();
   connect();
 }
@@ -674,6 +718,9 @@ async function boot() {
   }
   $('signup-form').addEventListener('submit', signUp);
   $('sign-out').addEventListener('click', () => signOut());
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible') renewIfDue();
+  });
   $('new-room').addEventListener('click', openNewRoom);
   $('new-room-form').addEventListener('submit', createRoom);
   $('new-room-cancel').addEventListener('click', () => $('new-room-dialog').close());
