@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from botocore.exceptions import ClientError
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nats.errors import Error as NatsError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -59,7 +60,9 @@ BODY_NOT_PARSED = "There was an error parsing the body"  # FastAPI's detail, 400
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves in the contract's JSON shape; FastAPI's default 422 body never does."""
+    """Every error leaves in the contract's JSON shape; FastAPI's default 422 body never does
+    (and is not in the OpenAPI document either)."""
+    document_errors_as_answered(app)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -316,7 +319,15 @@ def get_token_service(request: Request) -> TokenService:
     return tokens
 
 
-def current_claims(request: Request) -> Claims:
+# Documents the bearer scheme in every service's OpenAPI (each route that needs a token
+# depends on it through `current_claims`); the token itself is verified below.
+bearer_scheme = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
+
+
+def current_claims(
+    request: Request,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
+) -> Claims:
     """FastAPI dependency: the verified claims of the request's bearer token (else 401)."""
     token = bearer_token(request.headers.get("authorization"))
     if token is None:

@@ -21,7 +21,6 @@ from infra.auth import TokenService
 from infra.bus import close_nats, connect_nats
 from infra.http import (
     ReadinessCheck,
-    document_errors_as_answered,
     health_router,
     install_common_middleware,
     install_error_handlers,
@@ -142,5 +141,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(http.router)
-    document_errors_as_answered(app)
     return app

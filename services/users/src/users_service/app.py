@@ -11,7 +11,6 @@ from infra.auth import TokenService
 from infra.bus import close_nats, connect_nats
 from infra.http import (
     ReadinessCheck,
-    document_errors_as_answered,
     health_router,
     install_common_middleware,
     install_error_handlers,
@@ -99,5 +98,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health_router(checks))
     app.include_router(http.router)
-    document_errors_as_answered(app)
     return app

@@ -14,13 +14,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from contracts.errors import ChatError, ErrorBody, ErrorCode
 from infra.auth import Claims, bearer_token
+from infra.http import bearer_scheme
 from ws_edge.adapters.direct_ws import abort_transport
 from ws_edge.domain.limits import AbuseMeter, TokenBucket
 from ws_edge.domain.position import Spans, decode_position
@@ -187,19 +190,30 @@ def _error(status: int, code: ErrorCode | str, message: str) -> Response:
         503: {"model": ErrorBody, "description": "node going away: connect to another"},
     },
 )
-async def events(request: Request) -> Response:
+async def events(
+    request: Request,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
+    token: Annotated[
+        str | None, Query(description="the token, for clients that cannot set headers")
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="resume after this event (browsers send it)"),
+    ] = None,
+    last_event_id_query: Annotated[
+        str | None, Query(alias="lastEventId", description="the same, as a query parameter")
+    ] = None,
+) -> Response:
     hub: Hub = request.app.state.hub
     settings: Settings = request.app.state.settings
     if hub.stopping:
         return _error(503, ErrorCode.UNAVAILABLE, "node going away")
-    token = bearer_token(request.headers.get("authorization")) or request.query_params.get(
-        "token", ""
-    )
+    given = bearer_token(request.headers.get("authorization")) or token or ""
     try:
-        claims = hub.tokens.verify(token)
+        claims = hub.tokens.verify(given)
     except ChatError as exc:
         return _error(401, exc.code, exc.message)
-    last = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    last = last_event_id or last_event_id_query
     position = decode_position(last) if last else None
     if last and position is None:
         log.info("ignoring a Last-Event-ID that is not a position of ours")
