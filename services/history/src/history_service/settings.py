@@ -22,5 +22,3 @@ class Settings(CommonSettings):
     # per-process caches (bounded)
     tail_cache_size: int = Field(default=100_000, ge=1)
     room_cache_size: int = Field(default=100_000, ge=1)
-    # range query (sync / gap fill)
-    range_default_limit: int = Field(default=500, ge=0, le=500)
