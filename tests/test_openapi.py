@@ -48,3 +48,15 @@ def test_token_calls_declare_the_bearer_scheme_and_no_422(service: str) -> None:
     assert unsecured == []
     assert '"422"' not in json.dumps(doc["paths"])
     assert "HTTPValidationError" not in doc["components"].get("schemas", {})
+
+
+def test_paging_link_and_queued_answers_are_described() -> None:
+    """History's page declares its `Link` header and its 503; the edge's HTTP send declares
+    the 202 body (`{roomId, messageId}`)."""
+    apps = _apps()
+    history = apps["history"].openapi()["paths"]["/rooms/{room_id}/messages"]["get"]
+    assert "Link" in history["responses"]["200"]["headers"]
+    assert "503" in history["responses"]
+    send = apps["edge"].openapi()["paths"]["/rooms/{room_id}/messages"]["post"]
+    queued = send["responses"]["202"]["content"]["application/json"]["schema"]
+    assert queued == {"$ref": "#/components/schemas/MessageQueued"}

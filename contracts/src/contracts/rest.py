@@ -142,6 +142,14 @@ class SendMessageRequest(WireModel):
     )
 
 
+class MessageQueued(WireModel):
+    """`POST /rooms/{room_id}/messages` 202: durably queued, not stored within the wait (it will
+    be; the same messageId sent again answers the stored message)."""
+
+    roomId: str
+    messageId: str
+
+
 class PresenceEntry(WireModel):
     """One user's presence in `GET /presence` (ws-edge): the `presence` frame without `type`."""
 

@@ -38,7 +38,9 @@ def _rooms(request: Request) -> RoomAccess:
         200: {
             "description": 'Messages oldest first. `Link: <url>; rel="next"` when more lie '
             "beyond the page in the same direction (older, or newer with `after`).",
+            "headers": {"Link": {"description": 'next page: `<url>; rel="next"`'}},
         },
+        503: {"model": ErrorBody, "description": "the store or rooms did not answer; retry"},
     },
 )
 async def get_messages(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from contracts.errors import ChatError, ErrorBody, ErrorCode
-from contracts.rest import Message, PresenceEntry, SendMessageRequest
+from contracts.rest import Message, MessageQueued, PresenceEntry, SendMessageRequest
 from infra.http import ERROR_RESPONSES, CurrentUserId
 from ws_edge.domain.limits import RecentBuckets
 from ws_edge.http_send import HttpSender
@@ -37,7 +37,7 @@ MAX_PRESENCE_USERS = 200
     ),
     responses={
         **ERROR_RESPONSES,
-        202: {"description": "queued, not yet stored: `{roomId, messageId}`"},
+        202: {"model": MessageQueued, "description": "queued, not yet stored"},
         403: {"model": ErrorBody, "description": "`not_participant` or `sender_mismatch`"},
         404: {"model": ErrorBody, "description": "`unknown_room`"},
         409: {"model": ErrorBody, "description": "`conflict`"},
@@ -59,7 +59,8 @@ async def send_message(
             ErrorCode.UNAVAILABLE, "a service did not answer in time; retry", 503
         ) from None
     if stored is None:
-        return JSONResponse({"roomId": room_id, "messageId": body.messageId}, status_code=202)
+        queued = MessageQueued(roomId=room_id, messageId=body.messageId)
+        return JSONResponse(queued.model_dump(), status_code=202)
     return stored
 
 
