@@ -243,9 +243,11 @@ async def test_a_tab_left_open_renews_its_token_before_it_expires(
     context = contexts[0]
     await context.clock.install()
     frames: list[str] = []
+    errors: list[str] = []
 
     def watch(new_page: Page) -> None:
         new_page.on("websocket", lambda ws: ws.on("framereceived", lambda f: frames.append(str(f))))
+        new_page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
 
     context.on("page", watch)
     alice_name, _ = names()
@@ -265,3 +267,4 @@ async def test_a_tab_left_open_renews_its_token_before_it_expires(
             f"{web.users}/token", headers={"authorization": f"Bearer {renewed['token']}"}
         )
     assert answer.status_code == 200, answer.text
+    assert errors == []  # nothing failed on the way (not even a missing favicon)
