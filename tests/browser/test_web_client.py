@@ -268,3 +268,49 @@ async def test_a_tab_left_open_renews_its_token_before_it_expires(
         )
     assert answer.status_code == 200, answer.text
     assert errors == []  # nothing failed on the way (not even a missing favicon)
+
+
+async def test_a_message_that_failed_can_be_discarded_and_blank_ones_stay(
+    web: WebMesh, contexts: list[BrowserContext]
+) -> None:
+    """A message whose frame never reaches the server fails after the page's wait and offers
+    Retry and Discard; Discard removes it from the page. A blank message is not sent and
+    stays in the box."""
+    context = contexts[0]
+    dropping = {"on": False}
+
+    def relay(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def to_server(message: str | bytes) -> None:
+            if dropping["on"] and "create_message" in str(message):
+                return  # lost on the way
+            server.send(message)
+
+        ws.on_message(to_server)
+
+    await context.route_web_socket("**/ws?*", relay)
+    await context.clock.install()
+    alice_name, bob_name = names()
+    async with httpx.AsyncClient() as http:
+        made = await http.post(f"{web.users}/users", json={"name": bob_name})
+        assert made.status_code == 201, made.text
+    alice = await sign_up(context, web.edges[0].url, alice_name)
+    await create_room_with(alice, bob_name)
+    box = alice.get_by_role("textbox", name="Message")
+    await box.fill("   ")
+    await box.press("Enter")
+    await expect(box).to_have_value("   ")
+    await expect(alice.locator("#messages .msg")).to_have_count(0)
+    dropping["on"] = True
+    await say(alice, "this one is lost")
+    await expect(message(alice, "this one is lost", "sending")).to_be_visible(timeout=WAIT_MS)
+    await alice.clock.fast_forward(11_000)  # past the page's 10 s wait
+    failed = message(alice, "this one is lost", "failed")
+    await expect(failed).to_be_visible(timeout=WAIT_MS)
+    await expect(failed.get_by_role("button", name="Retry sending this message")).to_be_visible()
+    await failed.get_by_role("button", name="Discard this message").click()
+    await expect(alice.locator("#messages .msg", has_text="this one is lost")).to_have_count(0)
+    dropping["on"] = False
+    await say(alice, "this one arrives")
+    await expect(message(alice, "this one arrives")).to_be_visible(timeout=WAIT_MS)

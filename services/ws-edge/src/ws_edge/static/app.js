@@ -269,14 +269,16 @@ function transmit(messageId) {
   if (state.current === p.roomId) renderMessages();
 }
 
+// Returns whether the message was taken (a blank one is not: the text stays in the box).
 function send(content) {
   const roomId = state.current;
-  if (!roomId || !content.trim()) return;
+  if (!roomId || !content.trim()) return false;
   const messageId = newId();
   state.pending.set(messageId, { roomId, content, createdAt: new Date().toISOString(), state: 'sending', error: null, timer: null });
   transmit(messageId);
   const list = $('messages');
   list.scrollTop = list.scrollHeight;
+  return true;
 }
 
 // --- WebSocket: connect, reconnect with jittered backoff, sync ---------------------------------
@@ -551,7 +553,18 @@ function messageEl(m, pending) {
       retry.textContent = 'Retry';
       retry.setAttribute('aria-label', 'Retry sending this message');
       retry.addEventListener('click', () => transmit(m.messageId));
-      meta.appendChild(retry);
+      // given up on: dropped from the page (if it was stored after all, it comes back as sent)
+      const discard = document.createElement('button');
+      discard.type = 'button';
+      discard.className = 'link';
+      discard.textContent = 'Discard';
+      discard.setAttribute('aria-label', 'Discard this message');
+      discard.addEventListener('click', () => {
+        clearTimeout(pending.timer);
+        state.pending.delete(m.messageId);
+        renderMessages();
+      });
+      meta.append(retry, discard);
     }
   }
   const content = document.createElement('p');
@@ -731,8 +744,7 @@ async function boot() {
   $('composer').addEventListener('submit', (event) => {
     event.preventDefault();
     const input = $('composer-input');
-    send(input.value);
-    input.value = '';
+    if (send(input.value)) input.value = '';
   });
   $('composer-input').addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
