@@ -82,7 +82,8 @@ def names() -> tuple[str, str]:
 async def test_two_people_on_two_nodes_chat_and_history_survives_a_reload(
     web: WebMesh, contexts: list[BrowserContext]
 ) -> None:
-    """Sign up on node a and b, create a room, chat both ways, reload, page back through history."""
+    """Sign up on node a and b, create a room, chat both ways, reload (the open room opens
+    again), page back through history."""
     alice_name, bob_name = names()
     bob = await sign_up(contexts[1], web.edges[1].url, bob_name)
     alice = await sign_up(contexts[0], web.edges[0].url, alice_name)
@@ -122,6 +123,8 @@ async def test_two_people_on_two_nodes_chat_and_history_survives_a_reload(
 
     await bob.reload()
     await expect(bob.locator("#status")).to_have_attribute("data-state", "online", timeout=WAIT_MS)
+    # the room that was open is open again
+    await expect(bob.locator("#room-title")).to_have_text(alice_name, timeout=WAIT_MS)
     await open_room_named(bob, alice_name)
     await expect(bob.locator("#messages .msg")).to_have_count(50, timeout=WAIT_MS)
     for expected in (100, 122):

@@ -3,6 +3,7 @@
 'use strict';
 
 const STORE_KEY = 'chat.me';
+const ROOM_KEY = 'chat.room'; // the room open in this browser, reopened after a reload
 const SEND_TIMEOUT_MS = 10000;
 const PAGE = 50;
 
@@ -176,6 +177,7 @@ async function openRoom(roomId) {
   const rs = state.rooms.get(roomId);
   if (!rs) return;
   state.current = roomId;
+  localStorage.setItem(ROOM_KEY, roomId);
   rs.unread = 0;
   renderRooms();
   renderHeader();
@@ -689,6 +691,7 @@ async function signUp(event) {
 
 function signOut(message) {
   localStorage.removeItem(STORE_KEY);
+  localStorage.removeItem(ROOM_KEY);
   clearTimeout(state.renewTimer);
   state.me = null;
   state.roomKey = null;
@@ -717,6 +720,8 @@ async function startChat() {
   scheduleRenewal();
   await refreshRooms();
   connect();
+  const last = localStorage.getItem(ROOM_KEY);
+  if (last && state.rooms.has(last) && !state.current) openRoom(last);
 }
 
 // --- boot --------------------------------------------------------------------------------------
