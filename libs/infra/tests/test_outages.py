@@ -19,13 +19,15 @@ from infra.http import (
     install_error_handlers,
     is_outage,
 )
+from infra.settings import CommonSettings
 from mesh.testing import uvicorn_on_free_port
 
 
 def _app(response_timeout: float) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
-    install_common_middleware(app, 1024, [], response_timeout=response_timeout)
+    settings = CommonSettings(max_body_bytes=1024, response_timeout_seconds=response_timeout)
+    install_common_middleware(app, settings)
 
     @app.get("/hangs")
     async def hangs() -> dict[str, str]:

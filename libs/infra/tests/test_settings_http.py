@@ -44,7 +44,8 @@ def _app() -> FastAPI:
     app = FastAPI()
     app.state.tokens = TokenService("k" * 40, "chat", 60, 0)
     install_error_handlers(app)
-    install_common_middleware(app, 1024, ["http://allowed.example"])
+    settings = CommonSettings(max_body_bytes=1024, cors_origins="http://allowed.example")
+    install_common_middleware(app, settings)
 
     @app.post("/users")
     async def create(body: CreateUserRequest) -> Echo:

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contracts.errors import ChatError, ErrorBody, ErrorCode, code_for_location
 from infra.auth import Claims, TokenService, bearer_token
 from infra.metrics import count_error, install_metrics
+from infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -287,25 +288,24 @@ class ResponseDeadlineMiddleware:
             await response(scope, receive, send)
 
 
-def install_common_middleware(
-    app: FastAPI,
-    max_body_bytes: int,
-    cors_origins: list[str],
-    body_timeout: float = 15.0,
-    response_timeout: float = 10.0,
-) -> None:
+def install_common_middleware(app: FastAPI, settings: CommonSettings) -> None:
+    """The limits, headers and metrics every HTTP service has, as its settings say."""
     # innermost: the deadline runs from the moment the body has been read
-    app.add_middleware(ResponseDeadlineMiddleware, seconds=response_timeout)
-    if cors_origins:
+    app.add_middleware(ResponseDeadlineMiddleware, seconds=settings.response_timeout_seconds)
+    if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=cors_origins,
+            allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Link"],
             max_age=600,
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, timeout=body_timeout)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout=settings.body_timeout_seconds,
+    )
     app.add_middleware(SecurityHeadersMiddleware)
     # outermost: `/metrics`, request counts and latency, the request's correlation id
     install_metrics(app)

@@ -78,13 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.new_id = UserIdGenerator()
 
     install_error_handlers(app)
-    install_common_middleware(
-        app,
-        settings.max_body_bytes,
-        settings.cors_origin_list,
-        settings.body_timeout_seconds,
-        settings.response_timeout_seconds,
-    )
+    install_common_middleware(app, settings)
 
     def checks() -> dict[str, ReadinessCheck]:
         async def store_check() -> None:

@@ -84,13 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.user_buckets = UserBuckets(settings.user_rate_burst, settings.user_rate_per_second)
     app.state.http_buckets = RecentBuckets(settings.user_rate_burst, settings.user_rate_per_second)
     install_error_handlers(app)
-    install_common_middleware(
-        app,
-        settings.max_body_bytes,
-        settings.cors_origin_list,
-        settings.body_timeout_seconds,
-        settings.response_timeout_seconds,
-    )
+    install_common_middleware(app, settings)
 
     async def nats_ready() -> None:
         if not app.state.nc.is_connected:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -270,6 +270,29 @@ class Hub:
         with contextlib.suppress(Exception):
             await self.bus.nc.flush(timeout=2)
         self._schedule_expiry(conn)
+
+    async def attach_held(
+        self, conn: Connection, attaching: Awaitable[None]
+    ) -> tuple[int, ErrorCode, str] | None:
+        """Await `attaching` (the attach of a connection whose answer has not started yet):
+        None when it is attached and open to be answered; else the HTTP refusal to answer
+        with (it failed, or the connection was closed meanwhile), the connection detached."""
+        try:
+            await attaching
+        except Exception as exc:
+            log.warning("could not attach a new connection: %s", exc)
+            refusal = (503, ErrorCode.UNAVAILABLE, "the node cannot serve you now; retry")
+        except BaseException:  # cancelled (the server stops): leave nothing behind
+            conn.closed = True
+            await self.detach(conn)
+            raise
+        else:
+            if not conn.closed:
+                return None
+            refusal = conn.refusal()  # closed while attaching: refused, saying why
+        conn.closed = True
+        await self.detach(conn)
+        return refusal
 
     async def detach(self, conn: Connection) -> None:
         """The connection ended: give back its admission, leave its feeds and the map."""

@@ -94,24 +94,9 @@ class EventStream(Response):
         registered = admission is Admission.REGISTERED
         conn.push_comment(f"stream of {conn.user_id}\nretry: {RETRY_MS}")
         if fresh:
-            try:
-                await open_stream(hub, conn, None, registered)
-            except Exception as exc:
-                log.warning("event stream not opened: %s", exc)
-                conn.closed = True
-                await hub.detach(conn)
-                unavailable = _error(
-                    503, ErrorCode.UNAVAILABLE, "the node cannot serve you now; retry"
-                )
-                await unavailable(scope, receive, send)
-                return
-            except BaseException:
-                conn.closed = True
-                await hub.detach(conn)
-                raise
-            if conn.closed:  # closed while opening: refused, saying why
-                await hub.detach(conn)
-                await _error(*conn.refusal())(scope, receive, send)
+            refusal = await hub.attach_held(conn, open_stream(hub, conn, None, registered))
+            if refusal is not None:
+                await _error(*refusal)(scope, receive, send)
                 return
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})

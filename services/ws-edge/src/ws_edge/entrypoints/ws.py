@@ -93,21 +93,11 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     # message stored once the client sees its socket open reaches it, and frames that arrive
     # meanwhile are held for it in order. Accepting first left a gap in which a message of
     # the user's rooms reached every other connection but not this one.
-    try:
-        await hub.attach(conn, registered=admission is Admission.REGISTERED)
-    except Exception as exc:
-        log.warning("could not attach a new connection: %s", exc)
-        conn.closed = True
-        await hub.detach(conn)
-        await _deny(websocket, 503, ErrorCode.UNAVAILABLE, "the node cannot serve you now; retry")
-        return
-    except BaseException:  # cancelled (the server stops): leave nothing behind in the hub
-        conn.closed = True
-        await hub.detach(conn)
-        raise
-    if conn.closed:  # closed while attaching: refused at the handshake, saying why
-        await hub.detach(conn)
-        await _deny(websocket, *conn.refusal())
+    refusal = await hub.attach_held(
+        conn, hub.attach(conn, registered=admission is Admission.REGISTERED)
+    )
+    if refusal is not None:
+        await _deny(websocket, *refusal)
         return
     try:
         await websocket.accept()
