@@ -60,3 +60,29 @@ def test_paging_link_and_queued_answers_are_described() -> None:
     send = apps["edge"].openapi()["paths"]["/rooms/{room_id}/messages"]["post"]
     queued = send["responses"]["202"]["content"]["application/json"]["schema"]
     assert queued == {"$ref": "#/components/schemas/MessageQueued"}
+
+
+def test_inputs_and_answers_have_their_schemas() -> None:
+    """History's paging parameters are integers with their bounds, the message body states
+    the content and id rules, `/events` refusals are JSON (not events), and `/config` has a
+    schema."""
+    apps = _apps()
+    history = apps["history"].openapi()["paths"]["/rooms/{room_id}/messages"]["get"]
+    params = {p["name"]: p["schema"] for p in history["parameters"]}
+    assert params["limit"]["type"] == "integer"
+    assert (params["limit"]["minimum"], params["limit"]["maximum"]) == (1, 200)
+    assert params["before"]["type"] == params["after"]["type"] == "integer"
+    edge = apps["edge"].openapi()
+    body = edge["components"]["schemas"]["SendMessageRequest"]["properties"]
+    assert (body["content"]["minLength"], body["content"]["maxLength"]) == (1, 4000)
+    assert body["messageId"]["pattern"] == "^[A-Za-z0-9_.:\\-]{1,128}$"
+    events = edge["paths"]["/events"]["get"]["responses"]
+    for status in ("401", "429", "503"):
+        assert list(events[status]["content"]) == ["application/json"], status
+        ref = events[status]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.rsplit("/", 1)[-1] in edge["components"]["schemas"]
+    assert list(events["200"]["content"]) == ["text/event-stream"]
+    config = edge["paths"]["/config"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert config["schema"] == {"$ref": "#/components/schemas/ClientConfig"}
+    users = apps["users"].openapi()["components"]["schemas"]["CreateUserRequest"]["properties"]
+    assert users["name"]["minLength"] == 1

@@ -71,3 +71,19 @@ def test_every_bus_model_and_frame_is_documented() -> None:
         props = doc["components"]["schemas"][name]["properties"]
         assert "schemaVersion" in props, name
         assert "correlationId" in props, name
+
+
+def test_the_fields_that_name_a_payload_are_required() -> None:
+    """`type`, `event`, `command` and `schemaVersion` are on every payload that has them (the
+    models give them defaults, which would otherwise read as optional); the input rules of
+    ids and content are in the schemas."""
+    schemas = asyncapi.build()["components"]["schemas"]
+    for name, schema in schemas.items():
+        for field, prop in schema.get("properties", {}).items():
+            if "const" in prop:
+                assert field in schema.get("required", []), (name, field)
+    assert {"type", "message"} <= set(schemas["MessageCreatedFrame"]["required"])
+    assert {"event", "schemaVersion"} <= set(schemas["MessageCreated"]["required"])
+    action = schemas["CreateMessageAction"]["properties"]
+    assert action["content"]["maxLength"] == 4000
+    assert action["messageId"]["pattern"] == "^[A-Za-z0-9_.:\\-]{1,128}$"

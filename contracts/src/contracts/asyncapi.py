@@ -364,8 +364,25 @@ def build() -> dict[str, Any]:
         },
         "channels": channels,
         "operations": operations,
-        "components": {"schemas": schemas | _model_schemas(models, top), "messages": messages},
+        "components": {
+            "schemas": _require_constants(schemas | _model_schemas(models, top)),
+            "messages": messages,
+        },
     }
+
+
+def _require_constants(schemas: dict[str, Any]) -> dict[str, Any]:
+    """Mark the fields that name a payload's kind (`type`, `event`, `command`,
+    `schemaVersion`: one constant each) as required. The models give them defaults so that
+    code can build a frame without spelling them, which validation-mode schemas show as
+    optional; every sender puts them on the wire, and readers dispatch on them."""
+    for schema in schemas.values():
+        properties = schema.get("properties", {})
+        constants = [name for name, prop in properties.items() if "const" in prop]
+        missing = [name for name in constants if name not in schema.get("required", [])]
+        if missing:
+            schema["required"] = [*schema.get("required", []), *missing]
+    return schemas
 
 
 def _model_schemas(models: dict[str, type[BaseModel]], top: dict[str, Any]) -> dict[str, Any]:

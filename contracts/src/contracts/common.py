@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic import BaseModel as _PydanticBase
 
 NAME_MAX = 64
@@ -19,7 +19,8 @@ REQUEST_ID_MAX = 64
 PARTICIPANTS_MAX = 100
 CREATED_AT_MAX_AHEAD = timedelta(minutes=5)
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+_ID_RE = re.compile(ID_PATTERN)
 
 
 class WireModel(_PydanticBase):
@@ -109,11 +110,58 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-UserName = Annotated[str, AfterValidator(_check_name)]
-AvatarUrl = Annotated[str, AfterValidator(_check_avatar)]
-Identifier = Annotated[str, AfterValidator(_check_id)]
-MessageContent = Annotated[str, AfterValidator(_check_content)]
-Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
+# The rules are checked by the validators (with the contract's messages); the JSON schemas
+# beside them say the same to OpenAPI and AsyncAPI readers and to generated clients.
+UserName = Annotated[
+    str,
+    AfterValidator(_check_name),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "description": f"1-{NAME_MAX} characters after trimming, no control characters",
+        }
+    ),
+]
+AvatarUrl = Annotated[
+    str,
+    AfterValidator(_check_avatar),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "uri",
+            "maxLength": AVATAR_MAX,
+            "description": "an http(s) URL",
+        }
+    ),
+]
+Identifier = Annotated[
+    str, AfterValidator(_check_id), WithJsonSchema({"type": "string", "pattern": ID_PATTERN})
+]
+MessageContent = Annotated[
+    str,
+    AfterValidator(_check_content),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": CONTENT_MAX,
+            "pattern": r"\S",
+            "description": f"1-{CONTENT_MAX} characters (not bytes), not only whitespace",
+        }
+    ),
+]
+Timestamp = Annotated[
+    str,
+    AfterValidator(_check_timestamp),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 64,
+            "description": "ISO-8601 with a time zone, at most 5 minutes ahead; kept as sent",
+        }
+    ),
+]
 
 
 def _check_request_id(value: str) -> str:

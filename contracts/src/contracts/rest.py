@@ -159,3 +159,13 @@ class PresenceEntry(WireModel):
 
     userId: str
     online: bool
+
+
+class ClientConfig(WireModel):
+    """`GET /config` (ws-edge): what the web client needs to know about the deployment."""
+
+    usersUrl: str = Field(description="public base URL of users (sign-up, tokens, people)")
+    roomsUrl: str = Field(description="public base URL of rooms")
+    historyUrl: str = Field(description="public base URL of history (message pages)")
+    node: str = Field(description="this edge node's id")
+    requestTimeoutMs: int = Field(description="how long the page waits for an answer")

@@ -40,3 +40,16 @@ def test_request_timeout_must_be_positive_and_bounded() -> None:
     for bad in (0, -1, 301):
         with pytest.raises(ValueError, match="web_request_timeout_seconds"):
             Settings(web_request_timeout_seconds=bad)
+
+
+def test_the_page_answers_head_as_get() -> None:
+    """HEAD / (uptime checks, link previews) is 200 with the page's headers, not 405."""
+    app = FastAPI()
+    app.state.settings = Settings()
+    app.include_router(router)
+    with TestClient(app) as client:
+        got, head = client.get("/"), client.head("/")
+    assert got.status_code == head.status_code == 200
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-security-policy"] == got.headers["content-security-policy"]
+    assert head.content == b""

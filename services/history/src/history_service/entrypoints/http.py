@@ -6,15 +6,25 @@ from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import WithJsonSchema
 
 from contracts.errors import ErrorBody
 from contracts.rest import Message
 from history_service.adapters.store import MessageStore
-from history_service.domain import parse_page
+from history_service.domain import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, MAX_SEQ, parse_page
 from history_service.handlers import RoomAccess, list_messages
 from infra.http import ERROR_RESPONSES, CurrentUserId, link_header
 
 router = APIRouter(tags=["history"])
+
+# The parameters are read as text and parsed by `parse_page`, so that every bad value is a 400
+# with the contract's code; OpenAPI still says what they are.
+_Limit = Annotated[
+    str | None, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT})
+]
+_Cursor = Annotated[
+    str | None, WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_SEQ})
+]
 
 
 def _store(request: Request) -> MessageStore:
@@ -48,9 +58,11 @@ async def get_messages(
     request: Request,
     response: Response,
     user_id: CurrentUserId,
-    limit: Annotated[str | None, Query(description="1-200, default 50")] = None,
-    before: Annotated[str | None, Query(description="seq: the page just older")] = None,
-    after: Annotated[str | None, Query(description="seq: the page just newer")] = None,
+    limit: Annotated[_Limit, Query(description=f"page size, default {DEFAULT_PAGE_LIMIT}")] = None,
+    before: Annotated[_Cursor, Query(description="seq: the page just older")] = None,
+    after: Annotated[
+        _Cursor, Query(description="seq: the page just newer (not with before)")
+    ] = None,
 ) -> list[Message]:
     page_request = parse_page(limit, before, after)
     page = await list_messages(_store(request), _rooms(request), user_id, room_id, page_request)

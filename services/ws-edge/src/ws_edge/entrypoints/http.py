@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from contracts.errors import ChatError, ErrorCode
+from contracts.rest import ClientConfig
 
 router = APIRouter()
 
@@ -30,7 +31,10 @@ def _static(name: str) -> bytes:
     return (STATIC / name).read_bytes()
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+# HEAD too: uptime checks and link previews ask for the page that way (uvicorn sends no body)
+@router.api_route(
+    "/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False
+)
 async def index() -> HTMLResponse:
     """The web client (static/index.html, plain HTML/CSS/JS: no build step)."""
     return HTMLResponse(_static("index.html"), headers={"content-security-policy": PAGE_CSP})
@@ -45,12 +49,12 @@ async def static_file(name: str) -> Response:
 
 
 @router.get("/config", summary="Addresses of the services, for the web client")
-async def config(request: Request) -> dict[str, str | int]:
+async def config(request: Request) -> ClientConfig:
     settings = request.app.state.settings
-    return {
-        "usersUrl": settings.public_users_url,
-        "roomsUrl": settings.public_rooms_url,
-        "historyUrl": settings.public_history_url,
-        "node": settings.node_id,
-        "requestTimeoutMs": round(settings.web_request_timeout_seconds * 1000),
-    }
+    return ClientConfig(
+        usersUrl=settings.public_users_url,
+        roomsUrl=settings.public_rooms_url,
+        historyUrl=settings.public_history_url,
+        node=settings.node_id,
+        requestTimeoutMs=round(settings.web_request_timeout_seconds * 1000),
+    )

@@ -78,7 +78,9 @@ async def send_message(
 async def presence(
     request: Request,
     _user_id: CurrentUserId,
-    users: Annotated[list[str], Query(description="user ids, comma separated")],
+    users: Annotated[
+        list[str], Query(description="user ids: repeated `users=`, or comma separated in one")
+    ],
 ) -> list[PresenceEntry]:
     ids: list[str] = []
     for part in users:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
@@ -155,6 +155,13 @@ def _error(status: int, code: ErrorCode | str, message: str) -> Response:
     )
 
 
+def _json_error(description: str) -> dict[str, Any]:
+    """A refusal is JSON, not an event: spelled out, since a `model` here would be listed under
+    the route's own media type (text/event-stream)."""
+    schema = {"$ref": "#/components/schemas/ErrorBody"}  # the edge's other routes define it
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 @router.get(
     "/events",
     summary="Server-sent events: the WebSocket's server frames, resumable with Last-Event-ID",
@@ -170,9 +177,9 @@ def _error(status: int, code: ErrorCode | str, message: str) -> Response:
     status_code=200,  # EventStream has no default status: OpenAPI generation needs one
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
-        401: {"model": ErrorBody, "description": "missing, invalid or expired token"},
-        429: {"model": ErrorBody, "description": "too many connections for this user"},
-        503: {"model": ErrorBody, "description": "node going away: connect to another"},
+        401: _json_error("missing, invalid or expired token"),
+        429: _json_error("too many connections for this user"),
+        503: _json_error("node going away: connect to another"),
     },
 )
 async def events(
