@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_USER = "unknown_user"
     UNKNOWN_ROOM = "unknown_room"
     CONFLICT = "conflict"
+    TOO_MANY_ROOMS = "too_many_rooms"
     RATE_LIMITED = "rate_limited"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     # server side (never for bad input)

@@ -301,3 +301,43 @@ async def test_room_creation_is_rate_limited_per_creator() -> None:
     assert store.outbox == {}
     room = await handlers.create_room(deps, cmd("bob", ["carol"]))
     assert room.id in store.rooms
+
+
+async def test_a_user_in_the_most_rooms_is_put_in_no_other() -> None:
+    """With a user in as many rooms as one may be in, a new room with them is refused with
+    `too_many_rooms` (409) naming them, before anything is written; others are not affected."""
+    deps, store, publisher, _ = make_deps(known=["alice", "bob", "carol", "dave"])
+    deps.max_rooms_per_user = 2
+    await handlers.create_room(deps, cmd("alice", ["bob"]))
+    await handlers.create_room(deps, cmd("carol", ["bob"]))
+    for caller, others in (("alice", ["bob"]), ("dave", ["carol", "bob"])):
+        with pytest.raises(ChatError) as refused:
+            await handlers.create_room(deps, keyed(caller, others, f"key-{caller}"))
+        assert (refused.value.code, refused.value.status) == (ErrorCode.TOO_MANY_ROOMS, 409)
+        assert "bob" in refused.value.message
+        assert "carol" not in refused.value.message
+    assert len(store.rooms) == len(publisher.published) == 2
+    assert store.outbox == {}
+    assert store.keys == {}
+    room = await handlers.create_room(deps, keyed("dave", ["carol"], "key-dave"))
+    assert [p.id for p in room.participants] == ["dave", "carol"]
+    with pytest.raises(ChatError) as refused:  # now carol is full too
+        await handlers.create_room(deps, cmd("alice", ["carol"]))
+    assert refused.value.code == ErrorCode.TOO_MANY_ROOMS
+
+
+async def test_a_retry_of_the_room_that_filled_the_count_is_answered() -> None:
+    """The room that brought a user to the bound is answered again to a retry under its key,
+    also when the first try was cut short after its writes."""
+    deps, store, publisher, _ = make_deps(known=["alice", "bob"])
+    deps.max_rooms_per_user = 1
+    publisher.fail_next = Crash()  # stored, then the process died before it published
+    with pytest.raises(Crash):
+        await handlers.create_room(deps, keyed("alice", ["bob"], "k-1"))
+    assert len(store.rooms) == 1
+    room = await handlers.create_room(deps, keyed("alice", ["bob"], "k-1"))
+    assert list(store.rooms) == [room.id]
+    assert await handlers.create_room(deps, keyed("alice", ["bob"], "k-1")) == room
+    with pytest.raises(ChatError) as refused:
+        await handlers.create_room(deps, keyed("alice", ["bob"], "k-2"))
+    assert refused.value.code == ErrorCode.TOO_MANY_ROOMS

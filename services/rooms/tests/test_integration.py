@@ -523,3 +523,42 @@ async def test_idempotency_key_makes_one_room(bus: Bus, launcher: ServiceLaunche
         await bus.request(subjects.CREATE_ROOM, command.model_dump_json())
     )
     assert reply.room == room
+
+
+async def test_a_user_is_in_at_most_the_configured_rooms(
+    bus: Bus, launcher: ServiceLauncher
+) -> None:
+    """CHAT_MAX_ROOMS_PER_USER=3: a fourth room with bob is refused (HTTP 409 and the NATS
+    command alike, `too_many_rooms` naming bob, nothing created); a retry of the third room
+    under its key is still answered; rooms without bob are made."""
+    rooms = await start_rooms(launcher, CHAT_MAX_ROOMS_PER_USER="3")
+    alice, bob, carol = await bus.create_users("Alice", "Bob", "Carol")
+    key = {"Idempotency-Key": "third-room"}
+    async with httpx.AsyncClient(base_url=rooms.url, timeout=10) as client:
+        made = [await post_room(client, alice.id, [bob.id]) for _ in range(2)]
+        made.append(
+            await client.post(
+                "/rooms", json={"participants": [bob.id]}, headers={**auth(carol.id), **key}
+            )
+        )
+        assert [r.status_code for r in made] == [201] * 3, [r.text for r in made]
+        refused = await post_room(client, alice.id, [bob.id])
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "too_many_rooms"
+        assert bob.id in refused.json()["error"]["message"]
+        assert alice.id not in refused.json()["error"]["message"]
+        again = await client.post(
+            "/rooms", json={"participants": [bob.id]}, headers={**auth(carol.id), **key}
+        )
+        assert again.status_code == 201, again.text
+        assert again.json()["id"] == made[2].json()["id"]
+        assert len(await rooms_of(client, bob.id)) == 3
+        assert (await post_room(client, alice.id, [carol.id])).status_code == 201
+    command = CreateRoomCommand(userId=carol.id, participants=[bob.id, alice.id])
+    reply = CreateRoomReply.model_validate_json(
+        await bus.request(subjects.CREATE_ROOM, command.model_dump_json())
+    )
+    assert reply.room is None
+    assert reply.error is not None
+    assert reply.error.code == "too_many_rooms"
+    assert bob.id in reply.error.message

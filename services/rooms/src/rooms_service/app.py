@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 creations=RecentBuckets(
                     settings.room_create_burst, settings.room_create_per_second
                 ),
+                max_rooms_per_user=settings.max_rooms_per_user,
             )
             app.state.deps = deps
             app.state.nc = nc

@@ -17,6 +17,7 @@ re-publish by `Nats-Msg-Id` = room id; consumers are idempotent beyond the dedup
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,8 @@ class Deps:
     outbox_min_age_seconds: float = 2.0
     # rooms a user may create: a burst, then a rate (None: unlimited, the unit tests' default)
     creations: RecentBuckets | None = None
+    # rooms a user may be in (None: unlimited, the unit tests' default)
+    max_rooms_per_user: int | None = None
     clock: Callable[[], float] = field(default=time.time)
     new_room_id: Callable[[], str] = field(default=domain.new_room_id)
     now_iso: Callable[[], str] = field(default=utc_now_iso)
@@ -105,6 +108,7 @@ async def create_room(deps: Deps, command: CreateRoomCommand) -> Room:
         raise ChatError(ErrorCode.RATE_LIMITED, "too many rooms created; slow down", 429)
     ids = domain.normalize_participants(command.userId, command.participants, deps.max_participants)
     names = await resolve_users(deps, ids)
+    await check_room_counts(deps, command, ids)
     room_id, created_at = deps.new_room_id(), deps.now_iso()
     if command.idempotencyKey:
         # 0. the caller's key decides the room before anything is written: a retry (the
@@ -147,6 +151,31 @@ async def create_room(deps: Deps, command: CreateRoomCommand) -> Room:
     except Exception as exc:
         log.warning("outbox delete failed for %s (relay will retry): %s", room.id, exc)
     return room
+
+
+async def check_room_counts(deps: Deps, command: CreateRoomCommand, user_ids: list[str]) -> None:
+    """Refuse a new room when one of its participants is already in the most rooms a user may
+    be in (`too_many_rooms`, 409, naming them), before its key is recorded (so a refusal does
+    not use the key up). Others can put a user in rooms without asking, and every room of a
+    user is loaded and followed by each of their connections, so the count is bounded.
+    Creations racing each other can each pass the check: the bound is exceeded by at most the
+    rooms being created with that user at the same moment. A retry under a key already
+    recorded passed this check the first time (and may be what filled the count): it goes on
+    to answer, or finish, that room."""
+    cap = deps.max_rooms_per_user
+    if cap is None:
+        return
+    counts = await asyncio.gather(*(deps.store.count_rooms(u, cap) for u in user_ids))
+    full = [u for u, count in zip(user_ids, counts, strict=True) if count >= cap]
+    if not full:
+        return
+    key = command.idempotencyKey
+    if key and await deps.store.key_used(command.userId, key):
+        return
+    shown = ", ".join(full[:5]) + (f" and {len(full) - 5} more" if len(full) > 5 else "")
+    raise ChatError(
+        ErrorCode.TOO_MANY_ROOMS, f"already in {cap} rooms, the most a user can be in: {shown}", 409
+    )
 
 
 async def relay_outbox(deps: Deps, min_age_seconds: float | None = None) -> int:

@@ -18,6 +18,9 @@ class Settings(CommonSettings):
     # rooms one user may create (per replica): a burst, then this many per second
     room_create_burst: int = Field(default=30, ge=1)
     room_create_per_second: float = Field(default=0.5, gt=0)
+    # rooms one user may be in: others add users to rooms without asking, and every room of a
+    # user is loaded and followed by each of their connections
+    max_rooms_per_user: int = Field(default=1000, ge=1, le=100_000)
     # Asking users for ids missing from our read model (read-after-write).
     users_query_timeout_seconds: float = Field(default=2.0, gt=0)
     # JetStream publish of RoomCreated: wait this long for the stream's ack.

@@ -54,6 +54,10 @@ class FakeRoomStore:
         first = self.keys.setdefault((claim.user_id, claim.key), claim)
         return None if first is claim else first
 
+    async def key_used(self, user_id: str, key: str) -> bool:
+        self._step("key_used")
+        return (user_id, key) in self.keys
+
     async def save_room(self, room: Room, creator_id: str) -> None:
         self._step("save_room")
         self.rooms[room.id] = (room.model_copy(deep=True), creator_id)
@@ -73,6 +77,10 @@ class FakeRoomStore:
         self._step("room_ids_of_user")
         by_key = self.members.get(user_id, {})
         return [by_key[k] for k in sorted(by_key, reverse=True)]
+
+    async def count_rooms(self, user_id: str, up_to: int) -> int:
+        self._step("count_rooms")
+        return min(len(self.members.get(user_id, {})), up_to)
 
     async def ping(self) -> None:
         self._step("ping")

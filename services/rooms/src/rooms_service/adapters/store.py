@@ -85,6 +85,10 @@ class RoomStore(Protocol):
         claim made first (read strongly consistent)."""
         ...
 
+    async def key_used(self, user_id: str, key: str) -> bool:
+        """Whether the caller has recorded a creation under `key` (read strongly consistent)."""
+        ...
+
     async def save_room(self, room: Room, creator_id: str) -> None:
         """Put the room item and one membership item per participant (idempotent)."""
         ...
@@ -97,6 +101,10 @@ class RoomStore(Protocol):
 
     async def room_ids_of_user(self, user_id: str) -> list[str]:
         """Every room id of the user, newest first."""
+        ...
+
+    async def count_rooms(self, user_id: str, up_to: int) -> int:
+        """How many rooms the user is in, counted up to `up_to` (reads no further)."""
         ...
 
     async def ping(self) -> None: ...
@@ -267,6 +275,15 @@ class DynamoRoomStore:
             tuple(str(p) for p in values["participants"]),
         )
 
+    async def key_used(self, user_id: str, key: str) -> bool:
+        found = await self._client.get_item(
+            TableName=self._table,
+            Key=to_item({"pk": domain.key_pk(user_id), "sk": key}),
+            ConsistentRead=True,
+            ProjectionExpression="pk",
+        )
+        return "Item" in found
+
     # --- rooms ----------------------------------------------------------------------------------
 
     async def save_room(self, room: Room, creator_id: str) -> None:
@@ -298,6 +315,26 @@ class DynamoRoomStore:
     async def room_ids_of_user(self, user_id: str) -> list[str]:
         items = await self._query_all(domain.member_pk(user_id), newest_first=True)
         return [domain.room_id_of_member_sk(str(i["sk"])) for i in items]
+
+    async def count_rooms(self, user_id: str, up_to: int) -> int:
+        counted = 0
+        start: Any = None
+        while counted < up_to:
+            kwargs: dict[str, Any] = {
+                "TableName": self._table,
+                **key_conditions(("pk", domain.member_pk(user_id))),
+                "ConsistentRead": True,
+                "Select": "COUNT",
+                "Limit": up_to - counted,
+            }
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            page = await self._client.query(**kwargs)
+            counted += int(page.get("Count", 0))
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                break
+        return counted
 
     async def ping(self) -> None:
         await self._client.describe_table(TableName=self._table)

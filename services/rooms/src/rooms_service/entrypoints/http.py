@@ -48,14 +48,17 @@ router = APIRouter(prefix="/rooms", tags=["rooms"], strict_content_type=False)
         "answers the room the first one created instead of creating another; the same key "
         "with other participants is a 409 `conflict`. By default a user creates at most 30 "
         "rooms at once, then one every 2 s (`CHAT_ROOM_CREATE_BURST`, "
-        "`CHAT_ROOM_CREATE_PER_SECOND`): beyond that, 429 `rate_limited`."
+        "`CHAT_ROOM_CREATE_PER_SECOND`): beyond that, 429 `rate_limited`. A user is in at "
+        "most 1,000 rooms (`CHAT_MAX_ROOMS_PER_USER`): a room with a participant already in "
+        "that many is refused with 409 `too_many_rooms`, naming them."
     ),
     responses={
         **ERROR_RESPONSES,
         **_UNAVAILABLE,
         409: {
             "model": ErrorBody,
-            "description": "Idempotency-Key already used for other participants",
+            "description": "Idempotency-Key already used for other participants (`conflict`), "
+            "or a participant is already in the most rooms a user can be in (`too_many_rooms`)",
         },
         429: {"model": ErrorBody, "description": "too many rooms created; slow down"},
         201: {"content": {"application/json": {"example": SEED_ROOM}}},
