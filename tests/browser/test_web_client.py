@@ -317,3 +317,68 @@ async def test_a_message_that_failed_can_be_discarded_and_blank_ones_stay(
     dropping["on"] = False
     await say(alice, "this one arrives")
     await expect(message(alice, "this one arrives")).to_be_visible(timeout=WAIT_MS)
+
+
+async def test_the_page_counts_characters_as_the_server_does(
+    web: WebMesh, contexts: list[BrowserContext]
+) -> None:
+    """Limits count characters, not UTF-16 units: a name of 64 emoji and a message of 4,000
+    are taken and stored whole; one more is refused in the page with the reason, unsent."""
+    smile = "\U0001f600"  # two UTF-16 units: an input's maxlength would count it twice
+    page = await contexts[0].new_page()
+    await page.goto(f"{web.edges[0].url}/")
+    await page.get_by_label("Your name").fill(smile * 65)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.locator("#signup-error")).to_contain_text("at most 64 characters")
+    await expect(page.locator("#status")).not_to_have_attribute("data-state", "online")
+    await page.get_by_label("Your name").fill(smile * 64)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.locator("#status")).to_have_attribute("data-state", "online", timeout=WAIT_MS)
+    alice = await me(page)
+    assert alice["name"] == smile * 64
+    _, bob_name = names()
+    async with httpx.AsyncClient() as http:
+        made = await http.post(f"{web.users}/users", json={"name": bob_name})
+        assert made.status_code == 201, made.text
+        await create_room_with(page, bob_name)
+        box = page.get_by_role("textbox", name="Message")
+        await box.fill(smile * 4001)
+        await box.press("Enter")
+        said = await box.evaluate("el => el.validationMessage")
+        assert "at most 4,000 characters (this one has 4,001)" in said
+        await expect(box).to_have_value(smile * 4001)
+        await expect(page.locator("#messages .msg")).to_have_count(0)
+        await box.fill(smile * 4000)
+        await box.press("Enter")
+        await expect(page.locator('#messages .msg[data-state="success"]')).to_have_count(
+            1, timeout=WAIT_MS
+        )
+        await expect(box).to_have_value("")
+        auth = {"Authorization": f"Bearer {alice['token']}"}
+        (room,) = (await http.get(f"{web.rooms}/rooms", headers=auth)).json()
+        stored = (await http.get(f"{web.history}/rooms/{room['id']}/messages", headers=auth)).json()
+    assert [m["content"] for m in stored] == [smile * 4000]
+
+
+async def test_people_of_the_same_name_are_told_apart(
+    web: WebMesh, contexts: list[BrowserContext]
+) -> None:
+    """Names are not unique: the new-room list shows each person's id, and the room is made
+    with the one chosen."""
+    alice_name, bob_name = names()
+    async with httpx.AsyncClient() as http:
+        made = [await http.post(f"{web.users}/users", json={"name": bob_name}) for _ in range(2)]
+        assert [m.status_code for m in made] == [201, 201]
+        bob_ids = [m.json()["id"] for m in made]
+        page = await sign_up(contexts[0], web.edges[0].url, alice_name)
+        await page.get_by_role("button", name="New room").click()
+        await expect(page.get_by_label(bob_name, exact=True)).to_have_count(2, timeout=WAIT_MS)
+        for bob_id in bob_ids:
+            await expect(page.locator("#user-list label", has_text=bob_id)).to_be_visible()
+        await page.locator("#user-list label", has_text=bob_ids[1]).get_by_role("checkbox").check()
+        await page.get_by_role("button", name="Create room").click()
+        await expect(page.locator("#room-title")).to_have_text(bob_name, timeout=WAIT_MS)
+        alice = await me(page)
+        auth = {"Authorization": f"Bearer {alice['token']}"}
+        (room,) = (await http.get(f"{web.rooms}/rooms", headers=auth)).json()
+    assert [p["id"] for p in room["participants"]] == [alice["id"], bob_ids[1]]

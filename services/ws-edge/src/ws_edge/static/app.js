@@ -5,6 +5,11 @@
 const STORE_KEY = 'chat.me';
 const ROOM_KEY = 'chat.room'; // the room open in this browser, reopened after a reload
 const SEND_TIMEOUT_MS = 10000;
+// The contract's limits count characters (code points), as the server does; an input's
+// maxlength counts UTF-16 units, where an emoji is two, so these are checked here instead.
+const NAME_MAX = 64;
+const CONTENT_MAX = 4000;
+const chars = (text) => [...text].length;
 const PAGE = 50;
 
 const state = {
@@ -612,7 +617,12 @@ async function loadUsers(url) {
       box.value = user.id;
       box.name = 'participant';
       box.setAttribute('aria-label', user.name);
-      label.append(box, avatarEl(user.name, user.avatar), document.createTextNode(user.name));
+      // names are not unique: the id tells two people of the same name apart
+      box.setAttribute('aria-description', `id ${user.id}`);
+      const id = document.createElement('span');
+      id.className = 'hint user-id';
+      id.textContent = user.id;
+      label.append(box, avatarEl(user.name, user.avatar), document.createTextNode(user.name), id);
       li.appendChild(label);
       list.appendChild(li);
     }
@@ -672,8 +682,8 @@ async function signUp(event) {
   const name = $('signup-name').value.trim();
   const avatar = $('signup-avatar').value.trim();
   $('signup-error').textContent = '';
-  if (!name) {
-    $('signup-error').textContent = 'Please enter a name.';
+  if (!name || chars(name) > NAME_MAX) {
+    $('signup-error').textContent = name ? `A name can have at most ${NAME_MAX} characters.` : 'Please enter a name.';
     $('signup-name').focus();
     return;
   }
@@ -750,6 +760,12 @@ async function boot() {
     event.preventDefault();
     const input = $('composer-input');
     if (send(input.value)) input.value = '';
+  });
+  $('composer-input').addEventListener('input', () => {
+    // an invalid box keeps the form from submitting and says why (Enter and the button alike)
+    const count = chars($('composer-input').value);
+    $('composer-input').setCustomValidity(
+      count > CONTENT_MAX ? `A message can have at most ${CONTENT_MAX.toLocaleString('en')} characters (this one has ${count.toLocaleString('en')}).` : '');
   });
   $('composer-input').addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
