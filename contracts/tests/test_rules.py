@@ -61,7 +61,7 @@ def test_content_rules() -> None:
     for bad in ("", "   \n", "x" * 4001, "x\udfff", "\ud83d"):  # lone surrogates too
         with pytest.raises(ValidationError):
             CLIENT_ACTIONS.validate_python({**base, "content": bad})
-    for bad_id in ("", "a" * 129, "has space", "slash/no"):
+    for bad_id in ("", "a" * 129, "has space", "slash/no", "m1\n", "\nm1"):
         with pytest.raises(ValidationError):
             CLIENT_ACTIONS.validate_python({**base, "content": "x", "messageId": bad_id})
     with pytest.raises(ValidationError):

@@ -64,8 +64,15 @@ def _check_avatar(value: str) -> str:
     return value
 
 
+def is_identifier(value: str) -> bool:
+    """The contract's id rule (1-128 characters from letters, digits and `_-.:`). `fullmatch`,
+    not `match`: Python's `$` also matches before a final newline, so `match` let "id\n" in
+    (JSON Schema's `$`, in ID_PATTERN, does not)."""
+    return _ID_RE.fullmatch(value) is not None
+
+
 def _check_id(value: str) -> str:
-    if not _ID_RE.match(value):
+    if not is_identifier(value):
         raise ValueError("must be 1-128 characters from letters, digits and _-.:")
     return value
 

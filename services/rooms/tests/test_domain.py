@@ -38,7 +38,7 @@ def test_limit_counts_the_added_caller() -> None:
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "x" * 129, "a*b", "a>b"])
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 129, "a*b", "a>b", "u1\n"])
 def test_malformed_ids_are_refused(bad: str) -> None:
     """Ids outside the identifier rules are invalid_participants."""
     with pytest.raises(ChatError) as info:
@@ -55,6 +55,7 @@ def test_room_ids_are_unguessable_and_subject_safe() -> None:
         assert len(room_id) >= len("room_") + 22
         assert not any(ch in room_id for ch in ".*> #")
         assert domain.is_room_id(room_id)
+        assert not domain.is_room_id(room_id + "\n")  # a line end would end a NATS command
 
 
 def test_membership_sort_key_round_trips_the_room_id() -> None:

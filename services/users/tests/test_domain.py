@@ -27,7 +27,8 @@ def test_ids_have_the_documented_shape() -> None:
     assert value.startswith("user_")
     assert len(value) == 5 + 26
     assert is_user_id(value)
-    assert _ID_RE.match(value)
+    assert not is_user_id(value + "\n")
+    assert _ID_RE.fullmatch(value)
 
 
 def test_ids_sort_by_creation_time_across_milliseconds() -> None:
@@ -91,6 +92,7 @@ def test_lookup_ids() -> None:
     assert not is_lookup_id("")
     assert not is_lookup_id("x" * 129)
     assert not is_lookup_id("user 1")
+    assert not is_lookup_id("user_123\n")
 
 
 def _users(*ids: str) -> list[User]:

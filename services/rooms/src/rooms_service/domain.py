@@ -6,13 +6,13 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 
+from contracts.common import is_identifier
 from contracts.errors import ChatError, ErrorCode
 from contracts.rest import Room, RoomParticipant
 
 ROOM_ID_PREFIX = "room_"
-# Ids that go into keys and (for rooms) NATS subjects: never '.', '*', '>' or spaces in room ids.
-_USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
-_ROOM_ID_RE = re.compile(r"^room_[A-Za-z0-9_\-]{1,64}$")
+# Room ids go into keys and NATS subjects: never '.', '*', '>', spaces or line ends.
+_ROOM_ID_RE = re.compile(r"room_[A-Za-z0-9_\-]{1,64}")
 
 
 def new_room_id() -> str:
@@ -21,7 +21,7 @@ def new_room_id() -> str:
 
 
 def is_room_id(value: str) -> bool:
-    return bool(_ROOM_ID_RE.match(value))
+    return _ROOM_ID_RE.fullmatch(value) is not None
 
 
 def normalize_participants(caller: str, participants: Iterable[str], limit: int) -> list[str]:
@@ -32,7 +32,7 @@ def normalize_participants(caller: str, participants: Iterable[str], limit: int)
     result: list[str] = []
     seen: set[str] = set()
     for user_id in participants:
-        if not isinstance(user_id, str) or not _USER_ID_RE.match(user_id):
+        if not isinstance(user_id, str) or not is_identifier(user_id):
             raise ChatError(
                 ErrorCode.INVALID_PARTICIPANTS,
                 "participants must be user ids (1-128 characters from letters, digits and _-.:)",

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from contracts.common import is_identifier
 from contracts.errors import ChatError, ErrorCode
 from contracts.rest import User
 
@@ -21,9 +22,7 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 TIME_CHARS = 10  # 50 bits of milliseconds: fixed width until the year 37,000
 RANDOM_CHARS = 16  # 80 random bits
 _RANDOM_BITS = RANDOM_CHARS * 5
-USER_ID_RE = re.compile(rf"^{USER_ID_PREFIX}[{_ALPHABET}]{{{TIME_CHARS + RANDOM_CHARS}}}$")
-# Ids the store may be asked about (anything else cannot exist, so it is not looked up).
-LOOKUP_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+USER_ID_RE = re.compile(rf"{USER_ID_PREFIX}[{_ALPHABET}]{{{TIME_CHARS + RANDOM_CHARS}}}")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -86,12 +85,13 @@ def id_floor_of(user_id: str) -> str:
 
 def is_user_id(value: str) -> bool:
     """True for an id this service could have generated."""
-    return bool(USER_ID_RE.match(value))
+    return USER_ID_RE.fullmatch(value) is not None
 
 
 def is_lookup_id(value: str) -> bool:
-    """True for an id worth looking up in the store (bounded length, safe characters)."""
-    return bool(LOOKUP_ID_RE.match(value))
+    """True for an id worth looking up in the store (the contract's id rule: anything else
+    cannot exist, so it is not looked up)."""
+    return is_identifier(value)
 
 
 def encode_cursor(last_user_id: str) -> str:
