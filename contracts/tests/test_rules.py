@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -99,3 +100,41 @@ def test_error_codes_by_field() -> None:
     assert code_for_location(("body", "name")) == ErrorCode.INVALID_NAME
     assert code_for_location(("create_message", "content")) == ErrorCode.INVALID_CONTENT
     assert code_for_location(("body",)) == ErrorCode.VALIDATION_ERROR
+
+
+def test_the_published_schemas_agree_with_the_validators() -> None:
+    """The JSON schemas in OpenAPI and AsyncAPI never refuse what the server takes (so a
+    generated client can send it), and refuse what breaks a rule they state (length, id
+    pattern, sync keys, the avatar's scheme). jsonschema-rs is the validator schemathesis
+    uses."""
+    import jsonschema_rs
+
+    from contracts.rest import SendMessageRequest
+
+    message = {"messageId": "m1", "createdAt": "2024-06-16T12:36:10.000Z"}
+    cases: list[tuple[type[Any], dict[str, Any], bool]] = [
+        *[
+            (SendMessageRequest, {**message, "content": text}, True)
+            for text in ("x", "\ufeff", "\U0001f600" * 4000, "€" * 4000, " x ")
+        ],
+        (SendMessageRequest, {**message, "content": "x" * 4001}, False),
+        (SendMessageRequest, {**message, "content": ""}, False),
+        *[
+            (SendMessageRequest, {**message, "content": "x", "messageId": bad}, False)
+            for bad in ("", "a b", "m1\n", "a" * 129)
+        ],
+        (SendMessageRequest, {**message, "content": "x", "messageId": "a:b.c-d_" * 16}, True),
+        (CreateUserRequest, {"name": "Ann", "avatar": "HTTPS://例え.jp/ä"}, True),
+        (CreateUserRequest, {"name": "\U0001f600" * 64}, True),
+        (CreateUserRequest, {"name": "Ann", "avatar": "ftp://example.com/a.png"}, False),
+        (SyncAction, {"action": "sync", "rooms": {"room_1": 3}}, True),
+        (SyncAction, {"action": "sync", "rooms": {"bad key": 3}}, False),
+    ]
+    for model, body, valid in cases:
+        try:
+            model.model_validate(body)
+            server = True
+        except ValidationError:
+            server = False
+        schema = jsonschema_rs.is_valid(model.model_json_schema(), body)
+        assert (server, schema) == (valid, valid), (model.__name__, body)

@@ -134,11 +134,11 @@ AvatarUrl = Annotated[
     str,
     AfterValidator(_check_avatar),
     WithJsonSchema(
-        {
+        {  # no `format: uri`: the server keeps what was typed (an IRI too), without rewriting
             "type": "string",
-            "format": "uri",
+            "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
             "maxLength": AVATAR_MAX,
-            "description": "an http(s) URL",
+            "description": "an http(s) URL, kept as sent",
         }
     ),
 ]
@@ -153,7 +153,8 @@ MessageContent = Annotated[
             "type": "string",
             "minLength": 1,
             "maxLength": CONTENT_MAX,
-            "pattern": r"\S",
+            # no pattern for "not only whitespace": JavaScript's \s and Python's str.strip()
+            # disagree on a few characters (U+FEFF, U+001C-U+001F, U+0085)
             "description": f"1-{CONTENT_MAX} characters (not bytes), not only whitespace",
         }
     ),

@@ -72,7 +72,12 @@ class SyncAction(WireModel):
     """`{"action":"sync","rooms":{"<roomId>": <last seq seen>}}`."""
 
     action: Literal["sync"]
-    rooms: Annotated[dict[Identifier, Seq], Field(max_length=MAX_SYNC_ROOMS)]
+    rooms: Annotated[
+        dict[Identifier, Seq],
+        # a key outside the id rule is refused, as the schema's patternProperties alone
+        # would not say
+        Field(max_length=MAX_SYNC_ROOMS, json_schema_extra={"additionalProperties": False}),
+    ]
     requestId: RequestId | None = None
 
 
