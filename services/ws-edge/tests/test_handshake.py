@@ -127,3 +127,49 @@ async def test_a_token_expiring_while_attaching_closes_the_socket_with_4401() ->
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 4401
+
+
+class CountingRooms(Rooms):
+    """Counts the user's-rooms queries; answers history's range query with nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries = 0
+
+    async def user_rooms(self, user_id: str) -> list[str]:
+        self.queries += 1
+        return await super().user_rooms(user_id)
+
+    async def history(self, query: object) -> object:
+        from contracts.bus import HistoryRangeReply
+
+        return HistoryRangeReply(rooms={})
+
+
+async def test_a_sync_right_after_connecting_does_not_ask_rooms_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reconnecting client syncs right after its connect has read the user's rooms: that
+    sync uses the list just read (one rooms query, not two); a sync after the list has aged
+    (SYNC_ROOMS_FRESH_SECONDS) asks again, as the safety net for a lost `room_created`."""
+    import json
+
+    from ws_edge import hub as hub_module
+
+    tokens = TokenService("k" * 40, "chat", 3600, 0)
+    token, _ = tokens.issue("u1")
+    bus = CountingRooms()
+    async with edge(bus, tokens) as (_hub, _connmap, port):
+        url = f"ws://127.0.0.1:{port}/ws?token={token}"
+        async with websockets.connect(url, open_timeout=10) as ws:
+
+            async def synced() -> dict[str, Any]:
+                await ws.send(json.dumps({"action": "sync", "rooms": {}}))
+                frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                return frame
+
+            assert (await synced())["type"] == "synced"
+            assert bus.queries == 1
+            monkeypatch.setattr(hub_module, "SYNC_ROOMS_FRESH_SECONDS", 0.0)
+            assert (await synced())["type"] == "synced"
+            assert bus.queries == 2

@@ -70,6 +70,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GAP_FILL_ATTEMPTS = 20
+# A `sync` asks rooms for the user's rooms again (the safety net for a `room_created` lost on
+# the way) unless this node asked less than this long ago: a reconnecting client syncs right
+# after its connect has read the list, and a second read then finds the same rooms (a room
+# created meanwhile is routed here, as the connection was registered before the first read).
+SYNC_ROOMS_FRESH_SECONDS = 2.0
 
 
 def encode(frame: object) -> str:
@@ -135,6 +140,7 @@ class Hub:
         # user -> connections admitted on this node, from the handshake's admission to the end
         self._admitted: dict[str, int] = {}
         self.user_rooms: dict[str, set[str]] = {}
+        self._rooms_read_at: dict[str, float] = {}  # user -> when rooms last answered their list
         # per connection, its create_room calls that are out (requestId, and the rooms the
         # router announced to it as their answer: those calls' answers were given already)
         self._creating: dict[str, dict[int, tuple[str | None, set[str]]]] = {}
@@ -311,6 +317,7 @@ class Hub:
             if not users:
                 del self.by_user[conn.user_id]
                 rooms_left = self.user_rooms.pop(conn.user_id, None)
+                self._rooms_read_at.pop(conn.user_id, None)
         for room_id in list(conn.rooms):
             feed = self.feeds.get(room_id)
             if feed is None:
@@ -337,8 +344,11 @@ class Hub:
         """The user's rooms on this node, asked of rooms when `force`d or not known yet;
         `read`: a list the caller has just asked for, taken instead of asking again."""
         if read is not None or force or user_id not in self.user_rooms:
+            asked = time.monotonic()
             rooms = set(read) if read is not None else set(await self.bus.user_rooms(user_id))
             self.user_rooms.setdefault(user_id, set()).update(rooms)
+            if user_id in self.by_user:  # not for a user whose last connection left meanwhile
+                self._rooms_read_at[user_id] = asked
         return self.user_rooms.get(user_id, set())
 
     # --- feeds --------------------------------------------------------------------------------
@@ -785,7 +795,9 @@ class Hub:
         conn.push(encode(RoomCreatedFrame(room=reply.room, requestId=action.requestId)))
 
     async def _sync(self, conn: Connection, action: SyncAction) -> None:
-        rooms = await self._load_user_rooms(conn.user_id, force=True)
+        read_at = self._rooms_read_at.get(conn.user_id)
+        fresh = read_at is not None and time.monotonic() - read_at < SYNC_ROOMS_FRESH_SECONDS
+        rooms = await self._load_user_rooms(conn.user_id, force=not fresh)
         named: dict[str, int] = {}
         for room_id, last in action.rooms.items():
             if room_id in rooms:
