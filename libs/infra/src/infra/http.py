@@ -324,7 +324,9 @@ def get_token_service(request: Request) -> TokenService:
 bearer_scheme = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
 
 
-def current_claims(
+# The dependencies are `async def`, though they never wait: FastAPI runs a plain `def`
+# dependency in its thread pool, a hand-off to a worker thread and back on every request.
+async def current_claims(
     request: Request,
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
 ) -> Claims:
@@ -338,7 +340,7 @@ def current_claims(
 CurrentClaims = Annotated[Claims, Depends(current_claims)]
 
 
-def current_user_id(claims: CurrentClaims) -> str:
+async def current_user_id(claims: CurrentClaims) -> str:
     return claims.user_id
 
 
@@ -387,7 +389,7 @@ def link_header(url: str) -> str:
     return f'<{url}>; rel="next"'
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """Bodies are JSON: a body declared as another media type is a 400 with a clear message.
 
     A body without Content-Type is parsed as JSON (routers use `strict_content_type=False`):

@@ -14,7 +14,7 @@ from infra.http import ERROR_RESPONSES, CurrentUserId, require_json
 from rooms_service import handlers
 
 
-def get_deps(request: Request) -> handlers.Deps:
+async def get_deps(request: Request) -> handlers.Deps:
     deps: handlers.Deps = request.app.state.deps
     return deps
 

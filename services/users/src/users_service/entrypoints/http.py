@@ -29,27 +29,27 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_store(request: Request) -> UserStore:
+async def get_store(request: Request) -> UserStore:
     store: UserStore = request.app.state.store
     return store
 
 
-def get_publisher(request: Request) -> EventPublisher:
+async def get_publisher(request: Request) -> EventPublisher:
     publisher: EventPublisher = request.app.state.publisher
     return publisher
 
 
-def get_tokens(request: Request) -> TokenService:
+async def get_tokens(request: Request) -> TokenService:
     tokens: TokenService = request.app.state.tokens
     return tokens
 
 
-def get_id_generator(request: Request) -> Callable[[], str]:
+async def get_id_generator(request: Request) -> Callable[[], str]:
     new_id: Callable[[], str] = request.app.state.new_id
     return new_id
 
 
-def get_failure_hook(request: Request) -> Callable[[str], None] | None:
+async def get_failure_hook(request: Request) -> Callable[[str], None] | None:
     """Where a failed UserCreated publish is reported (the app's EventRecovery), if running."""
     recovery = getattr(request.app.state, "recovery", None)
     if recovery is None:
