@@ -13,7 +13,7 @@ costs it 146 us of CPU with `Expected` and 222 us with `ConditionExpression`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
@@ -144,6 +144,32 @@ def key_conditions(
             "ComparisonOperator": operator,
         }
     return {"KeyConditions": conditions}
+
+
+async def query_pages(
+    query: Callable[..., Awaitable[Any]],
+    request: Mapping[str, Any],
+    wanted: int | None = None,
+    start: Mapping[str, Any] | None = None,
+) -> AsyncIterator[Mapping[str, Any]]:
+    """The pages of a Query (`query(**request)`), in order, from `start` on. A page can end
+    short of its Limit (the store answers at most 1 MB at a time), so reading a partition, or
+    a number of its items, may take several. With `wanted`, each page asks for no more items
+    (or, with `Select: COUNT`, no more counted) than are still wanted, and no page is read
+    once that many came; the first page is always read."""
+    got = 0
+    while True:
+        page_request = dict(request)
+        if wanted is not None:
+            page_request["Limit"] = max(1, wanted - got)
+        if start:
+            page_request["ExclusiveStartKey"] = start
+        page: Mapping[str, Any] = await query(**page_request)
+        yield page
+        got += len(page["Items"]) if "Items" in page else int(page.get("Count", 0))
+        start = page.get("LastEvaluatedKey")
+        if not start or (wanted is not None and got >= wanted):
+            return
 
 
 def to_item(values: dict[str, Any]) -> dict[str, Any]:

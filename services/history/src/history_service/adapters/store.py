@@ -22,6 +22,7 @@ from infra.store import (
     if_absent,
     is_conditional_failure,
     key_conditions,
+    query_pages,
     to_item,
 )
 
@@ -100,6 +101,9 @@ class DynamoMessageStore:
         except (BotoCoreError, OSError, TimeoutError) as exc:
             raise Unavailable(f"store: {type(exc).__name__}: {exc}") from exc
 
+    async def _query(self, **request: Any) -> Any:
+        return await self._call(self._db.query(**request))
+
     async def _put_if_absent(self, table: str, item: dict[str, Any]) -> bool:
         try:
             await self._call(
@@ -158,26 +162,17 @@ class DynamoMessageStore:
             if up_to <= after:
                 return Rows([], 0)
             keys = key_conditions(("pk", room_id), ("sk", "BETWEEN", (after + 1, up_to)))
+        request = {
+            "TableName": self._messages,
+            **keys,
+            "ConsistentRead": True,
+            "ScanIndexForward": True,
+        }
         found: list[Message] = []
         trips = 0
-        start: dict[str, Any] | None = None
-        while True:
-            kwargs: dict[str, Any] = {
-                "TableName": self._messages,
-                **keys,
-                "ConsistentRead": True,
-                "ScanIndexForward": True,
-            }
-            if limit is not None:
-                kwargs["Limit"] = max(1, limit - len(found))
-            if start:
-                kwargs["ExclusiveStartKey"] = start
-            page = await self._call(self._db.query(**kwargs))
+        async for page in query_pages(self._query, request, wanted=limit):
             trips += 1
             found.extend(_message(dict(item)) for item in page.get("Items", []))
-            start = dict(page["LastEvaluatedKey"]) if page.get("LastEvaluatedKey") else None
-            if start is None or (limit is not None and len(found) >= limit):
-                break
         if limit is not None:
             found = found[:limit]
         return Rows(found, trips)

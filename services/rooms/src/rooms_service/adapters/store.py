@@ -32,6 +32,7 @@ from infra.store import (
     if_absent,
     is_conditional_failure,
     key_conditions,
+    query_pages,
     to_item,
 )
 from rooms_service import domain
@@ -175,22 +176,17 @@ class DynamoRoomStore:
         return found
 
     async def _query_all(self, pk: str, newest_first: bool = False) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        start: Any = None
-        while True:
-            kwargs: dict[str, Any] = {
-                "TableName": self._table,
-                **key_conditions(("pk", pk)),
-                "ConsistentRead": True,
-                "ScanIndexForward": not newest_first,
-            }
-            if start:
-                kwargs["ExclusiveStartKey"] = start
-            page = await self._client.query(**kwargs)
-            items.extend(from_item(i) for i in page.get("Items", []))
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                return items
+        request = {
+            "TableName": self._table,
+            **key_conditions(("pk", pk)),
+            "ConsistentRead": True,
+            "ScanIndexForward": not newest_first,
+        }
+        return [
+            from_item(i)
+            async for page in query_pages(self._client.query, request)
+            for i in page.get("Items", [])
+        ]
 
     # --- users read model -----------------------------------------------------------------------
 
@@ -317,24 +313,14 @@ class DynamoRoomStore:
         return [domain.room_id_of_member_sk(str(i["sk"])) for i in items]
 
     async def count_rooms(self, user_id: str, up_to: int) -> int:
-        counted = 0
-        start: Any = None
-        while counted < up_to:
-            kwargs: dict[str, Any] = {
-                "TableName": self._table,
-                **key_conditions(("pk", domain.member_pk(user_id))),
-                "ConsistentRead": True,
-                "Select": "COUNT",
-                "Limit": up_to - counted,
-            }
-            if start:
-                kwargs["ExclusiveStartKey"] = start
-            page = await self._client.query(**kwargs)
-            counted += int(page.get("Count", 0))
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                break
-        return counted
+        request = {
+            "TableName": self._table,
+            **key_conditions(("pk", domain.member_pk(user_id))),
+            "ConsistentRead": True,
+            "Select": "COUNT",
+        }
+        pages = query_pages(self._client.query, request, wanted=up_to)
+        return sum([int(page.get("Count", 0)) async for page in pages])
 
     async def ping(self) -> None:
         await self._client.describe_table(TableName=self._table)

@@ -17,6 +17,7 @@ from infra.store import (
     if_absent,
     is_conditional_failure,
     key_conditions,
+    query_pages,
     to_item,
 )
 from users_service.domain import BATCH_GET_MAX
@@ -121,25 +122,15 @@ class DynamoUserStore:
         return found
 
     async def list_after(self, after: str | None, count: int) -> list[User]:
-        users: list[User] = []
-        start: dict[str, Any] | None = (
-            {"pk": {"S": PARTITION}, "sk": {"S": after}} if after is not None else None
-        )
-        while len(users) < count:
-            kwargs: dict[str, Any] = {
-                "TableName": self._table,
-                **key_conditions(("pk", PARTITION)),
-                "ConsistentRead": True,
-                "ScanIndexForward": True,
-                "Limit": count - len(users),
-            }
-            if start is not None:
-                kwargs["ExclusiveStartKey"] = start
-            answer = await self._client.query(**kwargs)
-            users.extend(_user_of(i) for i in answer.get("Items", []))
-            start = answer.get("LastEvaluatedKey")
-            if not start:
-                break
+        request = {
+            "TableName": self._table,
+            **key_conditions(("pk", PARTITION)),
+            "ConsistentRead": True,
+            "ScanIndexForward": True,
+        }
+        start = {"pk": {"S": PARTITION}, "sk": {"S": after}} if after is not None else None
+        pages = query_pages(self._client.query, request, wanted=count, start=start)
+        users = [_user_of(i) async for page in pages for i in page.get("Items", [])]
         return users[:count]
 
     async def ping(self) -> None:
