@@ -208,7 +208,7 @@ async def test_concurrent_writers_on_one_room() -> None:
     rng = random.Random(7)
 
     async def jitter(_: str, __: tuple[object, ...]) -> None:
-        for _ in range(rng.randint(0, 3)):
+        for _turn in range(rng.randint(0, 3)):
             await asyncio.sleep(0)
 
     store.hook = jitter
@@ -224,6 +224,100 @@ async def test_concurrent_writers_on_one_room() -> None:
     await asyncio.gather(run(a, ids), run(b, shuffled))
     assert_exactly_once(store, set(ids))
     assert a.writer.stats.lost_races + b.writer.stats.lost_races > 0
+
+
+async def test_claims_made_ahead_are_placed_without_a_scan() -> None:
+    """Claims made before the room's earlier messages are placed (the consumer's look-ahead):
+    each message still costs one claim and one put, with no scan and no lost race."""
+    handler, store, publisher, _ = build()
+    await handler.handle(command("m0"))  # the tail is cached: 1
+    commands = [command(f"m{i}") for i in range(1, 11)]
+    claims = [asyncio.ensure_future(handler.prepare(c)) for c in commands]
+    await asyncio.gather(*claims)  # every claim exists before any of these is placed
+    assert {store.claims[("r1", c.messageId)].t0 for c in commands} == {1}
+    for sent, claimed in zip(commands, claims, strict=True):
+        result = await handler.handle(sent, claimed)
+        assert isinstance(result, Applied)
+        assert not result.outcome.duplicate
+        assert result.outcome.round_trips == 2  # its claim, its put
+    assert_exactly_once(store, {f"m{i}" for i in range(11)})
+    assert [e.message.messageId for e, _ in publisher.created] == [f"m{i}" for i in range(11)]
+    assert store.calls["messages_after"] == 0
+    assert handler.writer.stats.lost_races == 0
+
+
+async def test_a_claim_made_ahead_finds_its_message_stored() -> None:
+    """A command and its redelivery, both claimed ahead: the second finds the first's slot
+    among the slots it knows and returns the stored message."""
+    handler, store, publisher, _ = build()
+    await handler.handle(command("m0"))
+    first = asyncio.ensure_future(handler.prepare(command("m1")))
+    again = asyncio.ensure_future(handler.prepare(command("m1")))
+    await asyncio.gather(first, again)
+    stored = await handler.handle(command("m1"), first)
+    repeated = await handler.handle(command("m1"), again)
+    assert isinstance(stored, Applied)
+    assert isinstance(repeated, Applied)
+    assert repeated.outcome.duplicate
+    assert repeated.outcome.message == stored.outcome.message
+    assert publisher.created[-1][1]  # the duplicate is answered to its origin node too
+    assert_exactly_once(store, {"m0", "m1"})
+
+
+async def test_claims_made_ahead_with_another_writer_between() -> None:
+    """Another process stores a message between this one's claims and puts: the first put
+    loses, the scan reads that slot, and the next message goes after both without a scan."""
+    store = InMemoryMessageStore()
+    a, _, _, _ = build(store)
+    b, _, _, _ = build(store)
+    await a.handle(command("m0"))
+    claims = [asyncio.ensure_future(a.prepare(command(m))) for m in ("m1", "m2")]
+    await asyncio.gather(*claims)
+    await b.handle(command("x"))  # slot 2
+    r1 = await a.handle(command("m1"), claims[0])
+    scans = store.calls["messages_after"]
+    r2 = await a.handle(command("m2"), claims[1])
+    assert isinstance(r1, Applied)
+    assert isinstance(r2, Applied)
+    assert r1.outcome.message.seq == 3
+    assert r2.outcome.message.seq == 4
+    assert r2.outcome.round_trips == 2
+    assert store.calls["messages_after"] == scans
+    assert_exactly_once(store, {"m0", "x", "m1", "m2"})
+
+
+@pytest.mark.parametrize("seed", range(16))
+async def test_concurrent_writers_claiming_ahead(seed: int) -> None:
+    """Two processes that claim ahead in random batches, every message sent to both, at random
+    interleavings (and a few redelivered within a batch): gap-free seqs, each message once."""
+    store = InMemoryMessageStore()
+    a, _, _, _ = build(store)
+    b, _, _, _ = build(store)
+    rng = random.Random(seed)
+
+    async def jitter(_: str, __: tuple[object, ...]) -> None:
+        for _turn in range(rng.randint(0, 4)):
+            await asyncio.sleep(0)
+
+    store.hook = jitter
+    ids = [f"m{i}" for i in range(50)]
+
+    async def run(handler: CreateMessageHandler, mine: list[str]) -> None:
+        at = 0
+        while at < len(mine):
+            batch = mine[at : at + rng.randint(1, 8)]
+            at += len(batch)
+            if rng.random() < 0.3:
+                batch.append(rng.choice(batch))  # a redelivery queued behind its original
+            claims = [asyncio.ensure_future(handler.prepare(command(m))) for m in batch]
+            for message_id, claimed in zip(batch, claims, strict=True):
+                result = await handler.handle(command(message_id), claimed)
+                assert isinstance(result, Applied)
+
+    shuffled = ids[:]
+    rng.shuffle(shuffled)
+    await asyncio.gather(run(a, ids), run(b, shuffled))
+    assert_exactly_once(store, set(ids))
 
 
 async def test_forced_interleaving_same_message() -> None:

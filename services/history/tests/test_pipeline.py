@@ -4,6 +4,7 @@ after it (no PING/PONG per message), and falls back to a flush when the buffer w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import nats
@@ -91,19 +92,26 @@ def command(number: int) -> CreateMessageCommand:
     )
 
 
+def real_consumer(
+    nc: NATS, store: InMemoryMessageStore, batch: int
+) -> tuple[CreateMessageConsumer, NatsPublisher]:
+    """history's command consumer on real NATS, over an in-memory store."""
+    publisher = NatsPublisher(nc)
+    handler = CreateMessageHandler(
+        MessageWriter(store), RoomAccess(store, FakeRoomDirectory(), 10), publisher
+    )
+    options = PullOptions(batch=batch, ack_wait=5, nak_delay=0.2)
+    js = nc.jetstream(timeout=10)
+    return CreateMessageConsumer(nc, js, handler, publisher, options), publisher
+
+
 async def test_each_ack_leaves_in_the_write_of_its_event(nc: NATS, bus: Infra) -> None:
     """Commands through JetStream to the real consumer: every MessageCreated and its command's
     ack share one socket write, the event first, and no PING is sent for them."""
     store = InMemoryMessageStore()
     store.rooms[ROOM.room_id] = ROOM
-    publisher = NatsPublisher(nc)
-    handler = CreateMessageHandler(
-        MessageWriter(store), RoomAccess(store, FakeRoomDirectory(), 10), publisher
-    )
+    consumer, publisher = real_consumer(nc, store, batch=8)
     js = nc.jetstream(timeout=10)
-    consumer = CreateMessageConsumer(
-        nc, js, handler, publisher, PullOptions(batch=8, ack_wait=5, nak_delay=0.2)
-    )
     recorder = WriteRecorder(nc)
     sender = await nats.connect(bus.nats_url)
     events: list[Message] = []
@@ -207,3 +215,52 @@ async def test_event_written_by_a_full_buffer_is_flushed_before_the_ack(bus: Inf
         assert acked == ["ack"]
     finally:
         await small.close()
+
+
+async def test_queued_commands_of_a_room_claim_while_the_first_is_placed(
+    nc: NATS, bus: Infra
+) -> None:
+    """A room's commands queued behind a slow put make their claims meanwhile (the consumer's
+    look-ahead), and are still stored and announced in stream order, with no scan."""
+    room = RoomMeta("room_lookahead", ("alice", "bob"), "2024-06-16T12:36:00.000Z")
+    store = InMemoryMessageStore()
+    store.rooms[room.room_id] = room
+    claims_when_released: list[int] = []
+    enough_claims = asyncio.Event()
+
+    async def hold_the_first_put(op: str, args: tuple[object, ...]) -> None:
+        if op == "put_claim" and store.calls["put_claim"] >= 6:
+            enough_claims.set()
+        first = args[0] if args else None
+        if op == "put_message" and isinstance(first, Message) and first.seq == 1:
+            with contextlib.suppress(TimeoutError):  # without the look-ahead: none come
+                await asyncio.wait_for(enough_claims.wait(), 10)
+            claims_when_released.append(store.calls["put_claim"])
+
+    store.hook = hold_the_first_put
+    consumer, _ = real_consumer(nc, store, batch=16)
+    sender = await nats.connect(bus.nats_url)
+    events: list[Message] = []
+
+    async def on_event(msg: Msg) -> None:
+        events.append(MessageCreated.model_validate_json(msg.data).message)
+
+    await sender.subscribe(subjects.message_created(room.room_id), cb=on_event)
+    sent = [command(n).model_copy(update={"roomId": room.room_id}) for n in range(12)]
+    try:
+        sender_js = sender.jetstream(timeout=10)
+        for one in sent:  # all in the stream before the consumer starts: they queue up
+            await sender_js.publish(
+                subjects.create_message(room.room_id), one.model_dump_json().encode()
+            )
+        await consumer.loop.start()
+        await eventually(lambda: len(events) == len(sent), within=20)
+    finally:
+        await consumer.loop.stop()
+        await sender.close()
+
+    assert claims_when_released == [12]  # the first put waited for the claims of 5 more
+    assert [m.seq for m in events] == list(range(1, 13))
+    assert [m.messageId for m in events] == [c.messageId for c in sent]
+    assert store.calls["messages_after"] == 0  # every claim made ahead was placed without a scan
+    assert consumer.handler.writer.stats.lost_races == 0

@@ -23,7 +23,7 @@ No duplicate. Let m be a messageId. Every writer of m first puts the claim of m 
 already there), so the claim exists before any slot holds m. The claim records `t0`, a tail
 value read before the claim was created, hence t0 <= the real tail at claim creation, so every
 slot holding m has seq > t0. Every writer works with the claim's t0 -- the stored one, not its
-own -- and writes in one of two ways:
+own -- and writes in one of three ways:
   (a) the first attempt of the writer that created the claim, at slot t0 + 1 without a scan.
       If some other writer had already stored m at slot X, then X > t0, and because there is
       no gap slot t0 + 1 exists too (X = t0 + 1 or X was written after it); the conditional
@@ -34,27 +34,38 @@ own -- and writes in one of two ways:
       one). Slots are immutable, so slots seen in an earlier scan need no re-reading: all of
       (t0, T] have been seen. If m is among them the writer returns that stored message.
       Otherwise it puts at T + 1.
-Suppose m ended up in two slots X < Y. The writer of Y stored it by (a) or (b). Under (a)
-slot Y = t0 + 1 <= X, impossible. Under (b) it saw every slot in (t0, Y - 1], which
-contains X (t0 < X < Y), with its final content m, so it would have returned instead of
-writing. Contradiction. Redeliveries, concurrent replicas and crashes only add writers of the
-same kind, so the argument covers them; the claim's hash check turns a reused messageId with
-other content into `conflict`.
+  (c) like (b), with slots this process has already seen in place of a query: a process
+      remembers, per room, the newest run of contiguous slots whose messageIds it saw (its
+      own successful puts and its scans; slots are immutable, so that is their final
+      content). If those cover (t0, T] where T is its cached tail and m is not among them,
+      it puts at T + 1 without a query; if m is among them, it scans as in (b). (a) is the
+      case T = t0. This is what lets a room's queued commands make their claims while an
+      earlier one is placed: their t0 is then older than the tail, by slots this process
+      wrote itself.
+Suppose m ended up in two slots X < Y. The writer of Y stored it by (a), (b) or (c). Under
+(a) slot Y = t0 + 1 <= X, impossible. Under (b) or (c) it saw every slot in (t0, Y - 1],
+which contains X (t0 < X < Y), with its final content m, so it would have returned (or
+scanned) instead of writing. Contradiction. Redeliveries, concurrent replicas and crashes
+only add writers of the same kind, so the argument covers them; the claim's hash check turns
+a reused messageId with other content into `conflict`.
 
 Progress: a failed put at T + 1 means slot T + 1 now exists, so the next scan sees a longer
 prefix; each loop iteration is due to some other writer's success.
 
 Round trips (measured by `WriterStats` and the `history_store_round_trips_per_message`
-histogram): a new message with a warm tail cache costs 2 (claim put + message put); the first
-message of a room in a process adds one tail read (3). A stale cache (another replica wrote
-meanwhile) adds a failed put + one scan per lost race (4). A retry of a stored message costs 3
-(failed claim put, claim read, scan from t0).
+histogram): a new message with a warm tail cache costs 2 (claim put + message put), also when
+its claim was made ahead; the first message of a room in a process adds one tail read (3). A
+stale cache (another replica wrote meanwhile) adds a failed put + one scan per lost race (4).
+A retry of a stored message costs 3 (failed claim put, claim read, scan from t0), or 4 when
+its t0 is this process's cached tail (a put at t0 + 1 that fails first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
@@ -120,12 +131,47 @@ class WriterStats:
             self.per_message.append(outcome.round_trips)
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """The claim step's result: the claim's t0 (the stored one when the claim existed) and the
+    store round trips it took."""
+
+    t0: int
+    round_trips: int
+
+
+KNOWN_SLOTS = 64  # per room: the newest slots whose messageIds this process has seen
+KNOWN_ROOMS = 10_000  # rooms with such a window (the tail cache itself is larger)
+
+
+@dataclass
+class _Known:
+    """Slots (end - len(ids), end] of a room, seen with their final content (they are
+    immutable), oldest first."""
+
+    end: int
+    ids: deque[str] = field(default_factory=lambda: deque(maxlen=KNOWN_SLOTS))
+
+    def covers(self, t0: int, tail: int) -> bool:
+        return self.end == tail and self.end - len(self.ids) <= t0 <= tail
+
+    def since(self, t0: int) -> list[str]:
+        count = self.end - t0
+        return list(self.ids)[len(self.ids) - count :] if count else []
+
+
 class MessageWriter:
-    """Stores a message exactly once at the next gap-free seq of its room (see module doc)."""
+    """Stores a message exactly once at the next gap-free seq of its room (see module doc).
+
+    `store` is `claim` then `place`. The two halves are apart so that a room's queued commands
+    can make their claims while an earlier command of the room is being placed (the consumer
+    does that); `place` calls of one room are made one after the other.
+    """
 
     def __init__(self, store: MessageStore, tail_cache_size: int = 100_000) -> None:
         self._store = store
         self._tails: BoundedCache[str, int] = BoundedCache(tail_cache_size)
+        self._known: BoundedCache[str, _Known] = BoundedCache(min(tail_cache_size, KNOWN_ROOMS))
         self.stats = WriterStats()
 
     def cached_tail(self, room_id: str) -> int:
@@ -136,13 +182,37 @@ class MessageWriter:
         if seq > self.cached_tail(room_id):
             self._tails.put(room_id, seq)
 
+    def _saw_message(self, room_id: str, seq: int, message_id: str) -> None:
+        """Remember that slot `seq` exists and holds `message_id` (for good: slots are
+        immutable). Slots are remembered only as a contiguous run ending at the newest."""
+        known = self._known.get(room_id)
+        if known is not None and seq == known.end + 1:
+            known.ids.append(message_id)
+            known.end = seq
+        elif known is None or seq > known.end:
+            fresh = _Known(seq)
+            fresh.ids.append(message_id)
+            self._known.put(room_id, fresh)
+        self._saw(room_id, seq)
+
+    def _seen_since(self, room_id: str, t0: int, tail: int) -> list[str] | None:
+        """The messageIds of slots (t0, tail] when this process has seen them all, else None."""
+        if tail == t0:
+            return []
+        known = self._known.get(room_id)
+        return known.since(t0) if known is not None and known.covers(t0, tail) else None
+
     async def store(self, command: CreateMessageCommand) -> StoreOutcome:
         """Store the command's message (or find it stored); ChatError `conflict` if the
         messageId is taken by other content; Unavailable if the store does not answer."""
+        return await self.place(command, await self.claim(command))
+
+    async def claim(self, command: CreateMessageCommand) -> Claimed:
+        """Create the claim of the command's messageId, or find it (same content: a retry;
+        other content: ChatError `conflict`)."""
         room, message_id = command.roomId, command.messageId
         digest = claim_hash(command.userId, command.content, command.createdAt)
         trips = 0
-
         cached = self._tails.get(room)
         if cached is None:
             # First message of this room in this process: read the tail, so that the claim's
@@ -150,32 +220,41 @@ class MessageWriter:
             trips += 1
             cached = await self._store.tail(room)
             self._saw(room, cached)
-        t0 = cached
         trips += 1
-        if await self._store.put_claim(Claim(room, message_id, digest, t0)):
-            # (a) fresh claim: first attempt at t0 + 1 without a scan.
+        if await self._store.put_claim(Claim(room, message_id, digest, cached)):
+            return Claimed(cached, trips)
+        trips += 1
+        claim = await self._store.get_claim(room, message_id)
+        if claim is None:  # claims are never deleted: only a broken store does this
+            raise Unavailable("claim exists but cannot be read")
+        if claim.hash != digest:
+            ROUND_TRIPS.inc(trips)
+            labelled(MESSAGES, "conflict").inc()
+            raise ChatError(
+                ErrorCode.CONFLICT,
+                f"messageId {message_id} is already used by another message",
+                409,
+            )
+        return Claimed(claim.t0, trips)
+
+    async def place(self, command: CreateMessageCommand, claimed: Claimed) -> StoreOutcome:
+        """Put the claimed message at the room's next seq, or find it already stored."""
+        room, message_id = command.roomId, command.messageId
+        trips = claimed.round_trips
+        t0 = claimed.t0
+        scanned = t0
+        tail = self.cached_tail(room)
+        seen = self._seen_since(room, t0, tail)
+        if seen is not None and message_id not in seen:
+            # (a) and (c): every slot of (t0, tail] is known, and none holds m.
             trips += 1
-            message = message_of(command, t0 + 1)
+            message = message_of(command, tail + 1)
             if await self._store.put_message(message):
-                self._saw(room, message.seq)
+                self._saw_message(room, message.seq, message_id)
                 return self._finish(StoreOutcome(message, False, trips))
             self.stats.lost_races += 1
-        else:
-            trips += 1
-            claim = await self._store.get_claim(room, message_id)
-            if claim is None:  # claims are never deleted: only a broken store does this
-                raise Unavailable("claim exists but cannot be read")
-            if claim.hash != digest:
-                ROUND_TRIPS.inc(trips)
-                labelled(MESSAGES, "conflict").inc()
-                raise ChatError(
-                    ErrorCode.CONFLICT,
-                    f"messageId {message_id} is already used by another message",
-                    409,
-                )
-            t0 = claim.t0
-        # (b) scan (t0, T] contiguously, return m if seen, else put at T + 1; repeat on a race.
-        scanned = t0
+            scanned = tail
+        # (b) scan (s, T] contiguously, return m if seen, else put at T + 1; repeat on a race.
         for _ in range(MAX_WRITE_ATTEMPTS):
             rows = await self._store.messages_after(room, scanned)
             trips += rows.round_trips
@@ -183,8 +262,8 @@ class MessageWriter:
             for stored in rows.messages:
                 if stored.seq != expected:
                     break  # not contiguous (should not happen): stop at the last seen slot
+                self._saw_message(room, stored.seq, stored.messageId)
                 if stored.messageId == message_id:
-                    self._saw(room, stored.seq)
                     return self._finish(StoreOutcome(stored, True, trips))
                 expected += 1
             scanned = expected - 1
@@ -192,7 +271,7 @@ class MessageWriter:
             trips += 1
             message = message_of(command, scanned + 1)
             if await self._store.put_message(message):
-                self._saw(room, message.seq)
+                self._saw_message(room, message.seq, message_id)
                 return self._finish(StoreOutcome(message, False, trips))
             self.stats.lost_races += 1
         ROUND_TRIPS.inc(trips)
@@ -260,16 +339,25 @@ class CreateMessageHandler:
         self.rooms = rooms
         self.publisher = publisher
 
-    async def handle(self, command: CreateMessageCommand) -> Applied | Refused:
-        """Apply one command. Unavailable propagates: the caller retries later (nak)."""
+    async def prepare(self, command: CreateMessageCommand) -> Claimed:
+        """Check, authorize and claim: what may run ahead of the room's earlier commands.
+        A refusal is a ChatError here and is told only by `handle`, in the room's order."""
+        check_command(command)
+        room = await self.rooms.room(command.roomId)
+        if room is None:
+            raise ChatError(ErrorCode.UNKNOWN_ROOM, f"unknown room {command.roomId}", 404)
+        if not room.has(command.userId):
+            raise ChatError(ErrorCode.NOT_PARTICIPANT, "sender is not a participant", 403)
+        return await self.writer.claim(command)
+
+    async def handle(
+        self, command: CreateMessageCommand, prepared: Awaitable[Claimed] | None = None
+    ) -> Applied | Refused:
+        """Apply one command (`prepared`: its `prepare`, already started). Unavailable
+        propagates: the caller retries later (nak)."""
         try:
-            check_command(command)
-            room = await self.rooms.room(command.roomId)
-            if room is None:
-                raise ChatError(ErrorCode.UNKNOWN_ROOM, f"unknown room {command.roomId}", 404)
-            if not room.has(command.userId):
-                raise ChatError(ErrorCode.NOT_PARTICIPANT, "sender is not a participant", 403)
-            outcome = await self.writer.store(command)
+            claimed = await (prepared if prepared is not None else self.prepare(command))
+            outcome = await self.writer.place(command, claimed)
         except ChatError as exc:
             return await self._refuse(command, exc)
         event = MessageCreated(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from history_service.adapters.publisher import EventPublisher
 from history_service.adapters.store import MessageStore
 from history_service.domain import Unavailable
 from history_service.handlers import (
+    Claimed,
     CreateMessageHandler,
     RoomAccess,
     apply_room_created,
@@ -104,6 +106,27 @@ class ConsumeLoop:
         await self._pull.stop()
 
 
+LOOKAHEAD = 16  # a room's queued commands whose claims are made ahead of their turn
+
+
+@dataclass
+class _Queued:
+    """A command waiting for its room's earlier ones, and its claim once started."""
+
+    msg: Msg
+    command: CreateMessageCommand
+    prepared: asyncio.Task[Claimed] | None = None
+
+
+async def _settle(task: asyncio.Task[Claimed] | None) -> None:
+    """Wait for a claim made ahead for a command that goes back to the stream (its
+    redelivery finds the claim, if it was made, and goes on from it)."""
+    if task is not None:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: the command is redelivered anyway
+
+
 async def _nak(msg: Msg, delay: float) -> None:
     with contextlib.suppress(Exception):
         await msg.nak(delay=delay)
@@ -115,11 +138,13 @@ class CreateMessageConsumer:
     Pipelined: fetched commands go to a per-room queue at once and the next fetch starts, so a
     command waits for nothing but its own room's earlier commands. Rooms run concurrently, each
     room's commands one after the other, in stream order (a connection's messages keep their
-    order). At most `max_in_flight` commands are held (backpressure on fetching). A command is
-    acked only after its store write, in the same write to NATS as its event and after it
-    (`EventPublisher.settle`: the server cannot take the ack without the event); a
-    store or rooms outage naks it with a delay (JetStream keeps it; it is applied once when
-    they are back), and the room's queued commands with it, to keep their order.
+    order); the up to `LOOKAHEAD` commands queued behind a room's current one make their
+    checks and claims meanwhile, so in turn each waits only for its put. At most
+    `max_in_flight` commands are held (backpressure on fetching). A command is acked only
+    after its store write, in the same write to NATS as its event and after it
+    (`EventPublisher.settle`: the server cannot take the ack without the event); a store or
+    rooms outage naks it with a delay (JetStream keeps it; it is applied once when they are
+    back), and the room's queued commands with it, to keep their order.
     """
 
     def __init__(
@@ -135,7 +160,7 @@ class CreateMessageConsumer:
         self.publisher = publisher
         self.options = options
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._queues: dict[str, deque[tuple[Msg, CreateMessageCommand]]] = {}
+        self._queues: dict[str, deque[_Queued]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self.loop = ConsumeLoop(
             nc,
@@ -163,10 +188,13 @@ class CreateMessageConsumer:
                 continue
             await self._slots.acquire()
             queue = self._queues.get(command.roomId)
-            if queue is not None:
-                queue.append((msg, command))
+            if queue is not None:  # behind the room's earlier commands: claim it meanwhile
+                item = _Queued(msg, command)
+                queue.append(item)
+                if len(queue) <= LOOKAHEAD:
+                    item.prepared = asyncio.get_running_loop().create_task(self._prepare(item))
                 continue
-            self._queues[command.roomId] = deque([(msg, command)])
+            self._queues[command.roomId] = deque([_Queued(msg, command)])
             worker = asyncio.get_running_loop().create_task(self._room(command.roomId))
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
@@ -180,24 +208,40 @@ class CreateMessageConsumer:
         queue = self._queues[room_id]
         try:
             while queue:
-                msg, command = queue.popleft()
+                item = queue.popleft()
+                self._look_ahead(queue)
                 try:
-                    ok = await self._one(msg, command)
+                    ok = await self._one(item)
                 finally:
                     self._slots.release()
                 if not ok:
                     while queue:  # keep the room's order: its later commands come back too
-                        later, _ = queue.popleft()
-                        await _nak(later, self.options.nak_delay)
+                        later = queue.popleft()
+                        await _settle(later.prepared)
+                        await _nak(later.msg, self.options.nak_delay)
                         self._slots.release()
         finally:
             del self._queues[room_id]
 
-    async def _one(self, msg: Msg, command: CreateMessageCommand) -> bool:
+    def _look_ahead(self, queue: deque[_Queued]) -> None:
+        """Start the checks and claims of the room's next commands not started yet, so that
+        they are made while the command before them is placed (a claim takes one store round
+        trip and needs nothing from earlier commands; placing does, see `MessageWriter`)."""
+        loop = asyncio.get_running_loop()
+        for item in itertools.islice(queue, LOOKAHEAD):
+            if item.prepared is None:
+                item.prepared = loop.create_task(self._prepare(item))
+
+    async def _prepare(self, item: _Queued) -> Claimed:
+        adopt(item.command, item.msg.headers)
+        return await self.handler.prepare(item.command)
+
+    async def _one(self, item: _Queued) -> bool:
+        msg, command = item.msg, item.command
         adopt(command, msg.headers)
         started = time.perf_counter()
         try:
-            await self.handler.handle(command)
+            await self.handler.handle(command, item.prepared)
         except Unavailable as exc:
             log.warning("create_message postponed: %s", exc, extra={"room_id": command.roomId})
             await _nak(msg, self.options.nak_delay)
