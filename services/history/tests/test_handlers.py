@@ -9,13 +9,14 @@ import pytest
 
 from contracts.bus import CreateMessageCommand, HistoryRangeQuery, Origin, RoomCreated
 from contracts.errors import ChatError, ErrorCode
-from contracts.rest import Room, RoomParticipant
+from contracts.rest import Message, Room, RoomParticipant
+from history_service import handlers
 from history_service.adapters.fakes import (
     FakeRoomDirectory,
     InMemoryMessageStore,
     RecordingPublisher,
 )
-from history_service.domain import Direction, PageRequest, RoomMeta, Unavailable
+from history_service.domain import Claim, Direction, PageRequest, RoomMeta, Unavailable
 from history_service.handlers import (
     Applied,
     CreateMessageHandler,
@@ -488,3 +489,88 @@ async def test_list_messages_paging_and_access() -> None:
         await list_messages(store, rooms, "bob", "zzz", PageRequest(5, Direction.OLDER, None))
     assert unknown.value.status == 404
     assert unknown.value.code == ErrorCode.UNKNOWN_ROOM
+
+
+class AmbiguousStore(InMemoryMessageStore):
+    """Sometimes answers a write with Unavailable after making it (a lost answer)."""
+
+    def __init__(self, rng: random.Random, chance: float) -> None:
+        super().__init__()
+        self.rng = rng
+        self.chance = chance
+
+    async def put_claim(self, claim: Claim) -> bool:
+        created = await super().put_claim(claim)
+        if self.rng.random() < self.chance:
+            raise Unavailable("the claim was written, its answer lost")
+        return created
+
+    async def put_message(self, message: Message) -> bool:
+        stored = await super().put_message(message)
+        if self.rng.random() < self.chance:
+            raise Unavailable("the message was written, its answer lost")
+        return stored
+
+
+@pytest.mark.parametrize("seed", range(24))
+async def test_three_writers_with_faults_and_evictions(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three processes on three rooms claim ahead in random batches with redeliveries of old
+    messages; writes fail before or after their effect; each process's tail cache and slot
+    window are evicted at random, apart from each other, and the window holds 3 slots: every
+    message is stored once, seqs 1..n."""
+    monkeypatch.setattr(handlers, "KNOWN_SLOTS", 3)
+    rng = random.Random(seed)
+    store = AmbiguousStore(rng, 0.03)
+    rooms = ["r1", "r2", "r3"]
+    for room in rooms:
+        store.rooms[room] = RoomMeta(room, ("alice",), ROOM.created_at)
+    writers = [MessageWriter(store, rng.choice([1, 2, 3, 100])) for _ in range(3)]
+    processes = [
+        CreateMessageHandler(w, RoomAccess(store, FakeRoomDirectory(), 100), RecordingPublisher())
+        for w in writers
+    ]
+
+    async def chaos(_: str, __: tuple[object, ...]) -> None:
+        for _turn in range(rng.randint(0, 3)):
+            await asyncio.sleep(0)
+        if rng.random() < 0.08:
+            writer = rng.choice(writers)
+            cache = rng.choice([writer._tails, writer._known])
+            cache._items.pop(rng.choice(rooms), None)
+        if rng.random() < 0.03:
+            raise Unavailable("the store did not answer")
+
+    store.hook = chaos
+    ids = {room: [f"{room}m{i}" for i in range(40)] for room in rooms}
+    confirmed: set[str] = set()
+
+    async def run(process: CreateMessageHandler) -> None:
+        while len(confirmed) < 120:
+            room = rng.choice(rooms)
+            todo = [m for m in ids[room] if m not in confirmed]
+            if not todo:
+                await asyncio.sleep(0)
+                continue
+            batch = todo[: rng.randint(1, 10)]
+            if rng.random() < 0.5:
+                batch += rng.sample(ids[room], rng.randint(1, 3))  # redeliveries, old or not
+            rng.shuffle(batch)
+            made = [process.prepare(command(m, roomId=room)) for m in batch]
+            claims = [asyncio.ensure_future(claim) for claim in made]
+            for at, (message_id, claimed) in enumerate(zip(batch, claims, strict=True)):
+                try:
+                    result = await process.handle(command(message_id, roomId=room), claimed)
+                except Unavailable:  # sent back: the rest of the batch with it
+                    for later in claims[at + 1 :]:
+                        await asyncio.wait([later])
+                        if not later.cancelled():
+                            later.exception()
+                    break
+                assert isinstance(result, Applied)
+                confirmed.add(message_id)
+
+    await asyncio.wait_for(asyncio.gather(*(run(p) for p in processes)), 60)
+    for room in rooms:
+        assert_exactly_once(store, set(ids[room]), room)

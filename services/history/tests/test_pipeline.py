@@ -259,7 +259,8 @@ async def test_queued_commands_of_a_room_claim_while_the_first_is_placed(
         await consumer.loop.stop()
         await sender.close()
 
-    assert claims_when_released == [12]  # the first put waited for the claims of 5 more
+    assert len(claims_when_released) == 1
+    assert claims_when_released[0] >= 6  # the first put was held until 5 more were claimed
     assert [m.seq for m in events] == list(range(1, 13))
     assert [m.messageId for m in events] == [c.messageId for c in sent]
     assert store.calls["messages_after"] == 0  # every claim made ahead was placed without a scan

@@ -24,16 +24,17 @@ already there), so the claim exists before any slot holds m. The claim records `
 value read before the claim was created, hence t0 <= the real tail at claim creation, so every
 slot holding m has seq > t0. Every writer works with the claim's t0 -- the stored one, not its
 own -- and writes in one of three ways:
-  (a) the first attempt of the writer that created the claim, at slot t0 + 1 without a scan.
-      If some other writer had already stored m at slot X, then X > t0, and because there is
-      no gap slot t0 + 1 exists too (X = t0 + 1 or X was written after it); the conditional
-      put fails. So (a) succeeds only if m is stored nowhere yet.
-  (b) every other attempt: a strongly consistent query of slots (s, T] where s = t0 at first
-      and then the end of the previous scan of this same loop, checked to be contiguous (all
-      slots s+1..T seen; a slot not seen stops the scan there, so T is the last contiguous
-      one). Slots are immutable, so slots seen in an earlier scan need no re-reading: all of
-      (t0, T] have been seen. If m is among them the writer returns that stored message.
-      Otherwise it puts at T + 1.
+  (a) a first attempt at slot t0 + 1 without a scan, by a writer whose cached tail is t0
+      (usually the one that has just created the claim). If some other writer had already
+      stored m at slot X, then X > t0, and because there is no gap slot t0 + 1 exists too
+      (X = t0 + 1 or X was written after it); the conditional put fails. So (a) succeeds only
+      if m is stored nowhere yet.
+  (b) a strongly consistent query of slots (s, T] where s is the end of what the writer has
+      already seen from t0 on (t0 itself at first, then the end of its previous scan or of
+      the slots it knew in (c)), checked to be contiguous (all slots s+1..T seen; a slot not
+      seen stops the scan there, so T is the last contiguous one). Slots are immutable, so
+      slots seen before need no re-reading: all of (t0, T] have been seen. If m is among them
+      the writer returns that stored message. Otherwise it puts at T + 1.
   (c) like (b), with slots this process has already seen in place of a query: a process
       remembers, per room, the newest run of contiguous slots whose messageIds it saw (its
       own successful puts and its scans; slots are immutable, so that is their final
@@ -178,7 +179,8 @@ class MessageWriter:
         return self._tails.get(room_id) or 0
 
     def _saw(self, room_id: str, seq: int) -> None:
-        """Remember that slot `seq` exists (the cache only grows: invariant T)."""
+        """Remember that slot `seq` exists (a room's cached tail only grows while cached; an
+        evicted room starts again from a tail read: invariant T either way)."""
         if seq > self.cached_tail(room_id):
             self._tails.put(room_id, seq)
 
@@ -356,7 +358,7 @@ class CreateMessageHandler:
         """Apply one command (`prepared`: its `prepare`, already started). Unavailable
         propagates: the caller retries later (nak)."""
         try:
-            claimed = await (prepared if prepared is not None else self.prepare(command))
+            claimed = await self._prepared(command, prepared)
             outcome = await self.writer.place(command, claimed)
         except ChatError as exc:
             return await self._refuse(command, exc)
@@ -365,6 +367,18 @@ class CreateMessageHandler:
         )
         await self.publisher.message_created(event, also_to_node=outcome.duplicate)
         return Applied(outcome)
+
+    async def _prepared(
+        self, command: CreateMessageCommand, prepared: Awaitable[Claimed] | None
+    ) -> Claimed:
+        if prepared is None:
+            return await self.prepare(command)
+        try:
+            return await prepared
+        except Unavailable:
+            # made ahead, it met an outage that may be over by its turn: once more now (a claim
+            # is idempotent: a retry finds its own claim and goes on from its t0)
+            return await self.prepare(command)
 
     async def _refuse(self, command: CreateMessageCommand, exc: ChatError) -> Refused:
         error = ErrorDetail(code=str(exc.code), message=exc.message)

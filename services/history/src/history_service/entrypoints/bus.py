@@ -118,13 +118,16 @@ class _Queued:
     prepared: asyncio.Task[Claimed] | None = None
 
 
-async def _settle(task: asyncio.Task[Claimed] | None) -> None:
-    """Wait for a claim made ahead for a command that goes back to the stream (its
-    redelivery finds the claim, if it was made, and goes on from it)."""
+def _forget(task: asyncio.Task[Claimed] | None) -> None:
+    """Let a claim made ahead for a command that goes back to the stream finish on its own
+    (its redelivery finds the claim, if it was made, and goes on from it)."""
     if task is not None:
-        await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()  # retrieved: the command is redelivered anyway
+        task.add_done_callback(_retrieved)
+
+
+def _retrieved(task: asyncio.Task[Claimed]) -> None:
+    if not task.cancelled():
+        task.exception()  # the command is redelivered: what its claim met is not news
 
 
 async def _nak(msg: Msg, delay: float) -> None:
@@ -161,6 +164,8 @@ class CreateMessageConsumer:
         self.options = options
         self._slots = asyncio.Semaphore(max_in_flight)
         self._queues: dict[str, deque[_Queued]] = {}
+        self._heads: dict[str, str] = {}  # room -> messageId of the command being handled
+        self._failing: set[str] = set()  # rooms whose queued commands are being sent back
         self._workers: set[asyncio.Task[None]] = set()
         self.loop = ConsumeLoop(
             nc,
@@ -189,10 +194,9 @@ class CreateMessageConsumer:
             await self._slots.acquire()
             queue = self._queues.get(command.roomId)
             if queue is not None:  # behind the room's earlier commands: claim it meanwhile
-                item = _Queued(msg, command)
-                queue.append(item)
+                queue.append(_Queued(msg, command))
                 if len(queue) <= LOOKAHEAD:
-                    item.prepared = asyncio.get_running_loop().create_task(self._prepare(item))
+                    self._look_ahead(command.roomId, queue)
                 continue
             self._queues[command.roomId] = deque([_Queued(msg, command)])
             worker = asyncio.get_running_loop().create_task(self._room(command.roomId))
@@ -209,28 +213,42 @@ class CreateMessageConsumer:
         try:
             while queue:
                 item = queue.popleft()
-                self._look_ahead(queue)
+                self._heads[room_id] = item.command.messageId
+                self._look_ahead(room_id, queue)
                 try:
                     ok = await self._one(item)
                 finally:
                     self._slots.release()
                 if not ok:
+                    self._heads.pop(room_id, None)
+                    self._failing.add(room_id)  # no more claims ahead: they all go back
                     while queue:  # keep the room's order: its later commands come back too
                         later = queue.popleft()
-                        await _settle(later.prepared)
+                        _forget(later.prepared)
                         await _nak(later.msg, self.options.nak_delay)
                         self._slots.release()
         finally:
             del self._queues[room_id]
+            self._heads.pop(room_id, None)
+            self._failing.discard(room_id)
 
-    def _look_ahead(self, queue: deque[_Queued]) -> None:
+    def _look_ahead(self, room_id: str, queue: deque[_Queued]) -> None:
         """Start the checks and claims of the room's next commands not started yet, so that
         they are made while the command before them is placed (a claim takes one store round
-        trip and needs nothing from earlier commands; placing does, see `MessageWriter`)."""
+        trip and needs nothing from earlier commands; placing does, see `MessageWriter`).
+
+        A command whose messageId an earlier one of the room still holds is claimed only at
+        its turn: the first in the stream must be the one whose content a reused messageId
+        keeps (the later one is the `conflict`, or the retry)."""
+        if room_id in self._failing:
+            return
         loop = asyncio.get_running_loop()
+        earlier = {self._heads.get(room_id)}
         for item in itertools.islice(queue, LOOKAHEAD):
-            if item.prepared is None:
+            message_id = item.command.messageId
+            if item.prepared is None and message_id not in earlier:
                 item.prepared = loop.create_task(self._prepare(item))
+            earlier.add(message_id)
 
     async def _prepare(self, item: _Queued) -> Claimed:
         adopt(item.command, item.msg.headers)

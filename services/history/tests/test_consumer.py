@@ -1,0 +1,192 @@
+"""The command consumer's per-room queues without NATS (stand-in messages that record their
+ack or nak): stream order, claims made ahead, and what a failure sends back."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import types
+from typing import Any
+
+from contracts.bus import CreateMessageCommand, Origin
+from history_service.adapters.fakes import (
+    FakeRoomDirectory,
+    InMemoryMessageStore,
+    RecordingPublisher,
+)
+from history_service.domain import Claim, RoomMeta, Unavailable
+from history_service.entrypoints.bus import CreateMessageConsumer, PullOptions
+from history_service.handlers import CreateMessageHandler, MessageWriter, RoomAccess
+
+ROOMS = ("r1", "r2", "r3")
+Log = list[tuple[str, str, str]]
+
+
+class StandInMsg:
+    """What the consumer uses of a JetStream message; records acks and naks in one log."""
+
+    def __init__(self, command: CreateMessageCommand, log: Log) -> None:
+        self.data = command.model_dump_json().encode()
+        self.subject = f"chat.cmd.create_message.{command.roomId}"
+        self.headers = None
+        self.command = command
+        self.log = log
+
+    async def ack(self) -> None:
+        self.log.append(("ack", self.command.roomId, self.command.messageId))
+
+    async def nak(self, delay: float = 0) -> None:
+        self.log.append(("nak", self.command.roomId, self.command.messageId))
+
+    async def term(self) -> None:
+        self.log.append(("term", self.command.roomId, self.command.messageId))
+
+
+def command(room: str, message_id: str, content: str = "hi") -> CreateMessageCommand:
+    return CreateMessageCommand(
+        userId="alice",
+        roomId=room,
+        messageId=message_id,
+        content=content,
+        createdAt="2024-06-16T12:34:56.789Z",
+        origin=Origin(node="n", conn="c", requestId="q"),
+    )
+
+
+def build(
+    store: InMemoryMessageStore, max_in_flight: int = 2048
+) -> tuple[CreateMessageConsumer, RecordingPublisher]:
+    for room in ROOMS:
+        store.rooms[room] = RoomMeta(room, ("alice",), "2024-06-16T12:36:00.000Z")
+    publisher = RecordingPublisher()
+    handler = CreateMessageHandler(
+        MessageWriter(store), RoomAccess(store, FakeRoomDirectory(), 10), publisher
+    )
+    js: Any = types.SimpleNamespace(consumer_info=None)  # the pull loop is not started here
+    consumer = CreateMessageConsumer(
+        None,  # type: ignore[arg-type]
+        js,
+        handler,
+        publisher,  # type: ignore[arg-type]
+        PullOptions(nak_delay=0),
+        max_in_flight,
+    )
+    return consumer, publisher
+
+
+async def feed(consumer: CreateMessageConsumer, commands: list[CreateMessageCommand]) -> Log:
+    log: Log = []
+    for one in commands:
+        await consumer.accept(StandInMsg(one, log))  # type: ignore[arg-type]
+    await consumer.drain()
+    return log
+
+
+def slots_free(consumer: CreateMessageConsumer) -> int:
+    return consumer._slots._value  # the in-flight bound's own count
+
+
+async def test_rooms_keep_their_order_with_claims_made_ahead() -> None:
+    """Three rooms' commands interleaved, the store answering in random order: each room's
+    messages are stored, announced and acked in stream order, with no scan."""
+    store = InMemoryMessageStore()
+    rng = random.Random(1)
+
+    async def jitter(_: str, __: tuple[object, ...]) -> None:
+        for _turn in range(rng.randint(0, 5)):
+            await asyncio.sleep(0)
+
+    store.hook = jitter
+    consumer, publisher = build(store, max_in_flight=40)
+    sent = [command(room, f"{room}m{i}") for i in range(60) for room in ROOMS]
+    log = await feed(consumer, sent)
+    for room in ROOMS:
+        expected = [f"{room}m{i}" for i in range(60)]
+        created = [e.message for e, _ in publisher.created if e.message.roomId == room]
+        assert [m.messageId for m in created] == expected
+        assert [m.seq for m in created] == list(range(1, 61))
+        assert [(kind, mid) for kind, r, mid in log if r == room] == [("ack", m) for m in expected]
+    assert slots_free(consumer) == 40
+    assert store.calls["messages_after"] == 0
+
+
+async def test_a_claim_that_failed_ahead_is_made_again_at_its_turn() -> None:
+    """The store fails for a moment while the room's first command is claimed: the claims
+    made ahead at that moment fail, and each is made again at its turn (nothing is sent back
+    for an outage that is over)."""
+    store = InMemoryMessageStore()
+    blip = False
+
+    async def hook(op: str, args: tuple[object, ...]) -> None:
+        nonlocal blip
+        claim = args[0] if args else None
+        if op != "put_claim" or not isinstance(claim, Claim):
+            return
+        if claim.message_id == "m0":
+            blip = True
+            for _turn in range(5):
+                await asyncio.sleep(0)
+            blip = False
+        elif blip:
+            raise Unavailable("a moment's outage")
+
+    store.hook = hook
+    consumer, _ = build(store)
+    log = await feed(consumer, [command("r1", f"m{i}") for i in range(10)])
+    assert [kind for kind, _, _ in log] == ["ack"] * 10
+    assert [m.messageId for m in store.messages["r1"].values()] == [f"m{i}" for i in range(10)]
+    assert slots_free(consumer) == 2048
+
+
+async def test_a_reused_message_id_keeps_the_first_content_in_the_stream() -> None:
+    """Two messages with one messageId in one room's queue (A, then B): A is stored and B is
+    the conflict, whichever claim the store would have answered first."""
+    store = InMemoryMessageStore()
+    delayed = False
+
+    async def slow_first_claim(op: str, args: tuple[object, ...]) -> None:
+        nonlocal delayed
+        claim = args[0] if args else None
+        first_dup = isinstance(claim, Claim) and claim.message_id == "dup" and not delayed
+        if op == "put_claim" and first_dup:
+            delayed = True
+            for _turn in range(3):
+                await asyncio.sleep(0)
+
+    store.hook = slow_first_claim
+    consumer, publisher = build(store)
+    sent = [command("r1", "m0"), command("r1", "dup", "A"), command("r1", "dup", "B")]
+    log = await feed(consumer, sent)
+    stored = [m.content for m in store.messages["r1"].values() if m.messageId == "dup"]
+    assert stored == ["A"]
+    assert [r.error.code for r in publisher.rejections] == ["conflict"]
+    assert [kind for kind, _, _ in log] == ["ack", "ack", "ack"]  # a refusal is acked too
+
+
+async def test_a_failing_room_sends_its_commands_back_in_order() -> None:
+    """The store down: the room's first command and every one queued behind it are naked in
+    stream order, the in-flight bound is whole again, and no task is left with an error
+    nobody read."""
+    store = InMemoryMessageStore()
+    errors: list[object] = []
+    loop = asyncio.get_running_loop()
+    old_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: errors.append(context.get("message")))
+    try:
+
+        async def down(op: str, _: tuple[object, ...]) -> None:
+            if op in ("put_message", "put_claim"):
+                raise Unavailable("down")
+
+        store.hook = down
+        consumer, _ = build(store, max_in_flight=50)
+        log = await feed(consumer, [command("r1", f"m{i}") for i in range(30)])
+        assert log == [("nak", "r1", f"m{i}") for i in range(30)]
+        assert slots_free(consumer) == 50
+        for _turn in range(5):  # the claims made ahead finish on their own
+            await asyncio.sleep(0)
+        gc.collect()
+        assert errors == []
+    finally:
+        loop.set_exception_handler(old_handler)
