@@ -7,6 +7,7 @@ import asyncio
 import gc
 import random
 import types
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from contracts.bus import CreateMessageCommand, Origin
@@ -32,12 +33,15 @@ class StandInMsg:
         self.headers = None
         self.command = command
         self.log = log
+        self.on_nak: Callable[[], Awaitable[None]] | None = None
 
     async def ack(self) -> None:
         self.log.append(("ack", self.command.roomId, self.command.messageId))
 
     async def nak(self, delay: float = 0) -> None:
         self.log.append(("nak", self.command.roomId, self.command.messageId))
+        if self.on_nak is not None:
+            await self.on_nak()
 
     async def term(self) -> None:
         self.log.append(("term", self.command.roomId, self.command.messageId))
@@ -172,7 +176,11 @@ async def test_a_failing_room_sends_its_commands_back_in_order() -> None:
     errors: list[object] = []
     loop = asyncio.get_running_loop()
     old_handler = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _, context: errors.append(context.get("message")))
+    loop.set_exception_handler(
+        lambda _, context: (
+            errors.append(context) if isinstance(context.get("exception"), Unavailable) else None
+        )
+    )
     try:
 
         async def down(op: str, _: tuple[object, ...]) -> None:
@@ -190,3 +198,80 @@ async def test_a_failing_room_sends_its_commands_back_in_order() -> None:
         assert errors == []
     finally:
         loop.set_exception_handler(old_handler)
+
+
+async def test_a_reused_message_id_arriving_while_the_first_is_claimed() -> None:
+    """A command being claimed at its turn, alone in its room, and another with its messageId
+    and other content arriving meanwhile: the first keeps the messageId."""
+    store = InMemoryMessageStore()
+    first_claim_out = asyncio.Event()
+    let_it_land = asyncio.Event()
+
+    async def hold_the_first_claim(op: str, args: tuple[object, ...]) -> None:
+        claim = args[0] if args else None
+        if op == "put_claim" and isinstance(claim, Claim) and not first_claim_out.is_set():
+            first_claim_out.set()
+            await let_it_land.wait()
+
+    store.hook = hold_the_first_claim
+    consumer, publisher = build(store)
+    log: Log = []
+    await consumer.accept(StandInMsg(command("r1", "dup", "A"), log))  # type: ignore[arg-type]
+    await asyncio.wait_for(first_claim_out.wait(), 5)
+    await consumer.accept(StandInMsg(command("r1", "dup", "B"), log))  # type: ignore[arg-type]
+    for _turn in range(5):  # a claim made ahead for B would be out by now
+        await asyncio.sleep(0)
+    let_it_land.set()
+    await consumer.drain()
+    assert [m.content for m in store.messages["r1"].values()] == ["A"]
+    assert [r.error.code for r in publisher.rejections] == ["conflict"]
+
+
+async def test_nothing_is_claimed_for_a_room_while_its_queue_is_sent_back() -> None:
+    """A command arriving while a failing room's queue is being naked is naked too, and no
+    claim is made for it."""
+    store = InMemoryMessageStore()
+
+    async def puts_fail(op: str, _: tuple[object, ...]) -> None:
+        if op == "put_message":
+            raise Unavailable("down")
+
+    store.hook = puts_fail
+    consumer, _ = build(store)
+    log: Log = []
+    first = StandInMsg(command("r1", "m0"), log)
+
+    async def another_arrives() -> None:
+        first.on_nak = None
+        late = StandInMsg(command("r1", "late"), log)
+        await consumer.accept(late)  # type: ignore[arg-type]
+
+    first.on_nak = another_arrives
+    await consumer.accept(first)  # type: ignore[arg-type]
+    for number in (1, 2):
+        await consumer.accept(StandInMsg(command("r1", f"m{number}"), log))  # type: ignore[arg-type]
+    await consumer.drain()
+    assert log == [("nak", "r1", m) for m in ("m0", "m1", "m2", "late")]
+    assert ("r1", "late") not in store.claims
+    assert slots_free(consumer) == 2048
+
+
+async def test_a_claim_failing_while_its_command_waits_for_it_is_not_made_twice() -> None:
+    """The store failing now (a claim made ahead fails while its command already waits for
+    it): the command goes back at once, its claim not tried again."""
+    store = InMemoryMessageStore()
+    tries: list[str] = []
+
+    async def slow_then_down(op: str, args: tuple[object, ...]) -> None:
+        claim = args[0] if args else None
+        if op == "put_claim" and isinstance(claim, Claim):
+            tries.append(claim.message_id)
+            for _turn in range(10):
+                await asyncio.sleep(0)
+            raise Unavailable("down")
+
+    store.hook = slow_then_down
+    consumer, _ = build(store)
+    log = await feed(consumer, [command("r1", f"m{i}") for i in range(3)])
+    assert log == [("nak", "r1", f"m{i}") for i in range(3)]
+    assert tries.count("m0") == 1

@@ -66,7 +66,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
@@ -353,7 +352,7 @@ class CreateMessageHandler:
         return await self.writer.claim(command)
 
     async def handle(
-        self, command: CreateMessageCommand, prepared: Awaitable[Claimed] | None = None
+        self, command: CreateMessageCommand, prepared: asyncio.Future[Claimed] | None = None
     ) -> Applied | Refused:
         """Apply one command (`prepared`: its `prepare`, already started). Unavailable
         propagates: the caller retries later (nak)."""
@@ -369,16 +368,17 @@ class CreateMessageHandler:
         return Applied(outcome)
 
     async def _prepared(
-        self, command: CreateMessageCommand, prepared: Awaitable[Claimed] | None
+        self, command: CreateMessageCommand, prepared: asyncio.Future[Claimed] | None
     ) -> Claimed:
         if prepared is None:
             return await self.prepare(command)
-        try:
-            return await prepared
-        except Unavailable:
+        finished = prepared.done() and not prepared.cancelled()
+        if finished and isinstance(prepared.exception(), Unavailable):
             # made ahead, it met an outage that may be over by its turn: once more now (a claim
-            # is idempotent: a retry finds its own claim and goes on from its t0)
+            # is idempotent: a retry finds its own claim and goes on from its t0). One that
+            # fails while its command waits for it meets a current outage: that propagates.
             return await self.prepare(command)
+        return await prepared
 
     async def _refuse(self, command: CreateMessageCommand, exc: ChatError) -> Refused:
         error = ErrorDetail(code=str(exc.code), message=exc.message)

@@ -118,13 +118,6 @@ class _Queued:
     prepared: asyncio.Task[Claimed] | None = None
 
 
-def _forget(task: asyncio.Task[Claimed] | None) -> None:
-    """Let a claim made ahead for a command that goes back to the stream finish on its own
-    (its redelivery finds the claim, if it was made, and goes on from it)."""
-    if task is not None:
-        task.add_done_callback(_retrieved)
-
-
 def _retrieved(task: asyncio.Task[Claimed]) -> None:
     if not task.cancelled():
         task.exception()  # the command is redelivered: what its claim met is not news
@@ -166,6 +159,7 @@ class CreateMessageConsumer:
         self._queues: dict[str, deque[_Queued]] = {}
         self._heads: dict[str, str] = {}  # room -> messageId of the command being handled
         self._failing: set[str] = set()  # rooms whose queued commands are being sent back
+        self._forgotten: set[asyncio.Task[Claimed]] = set()  # their claims, still out
         self._workers: set[asyncio.Task[None]] = set()
         self.loop = ConsumeLoop(
             nc,
@@ -205,8 +199,17 @@ class CreateMessageConsumer:
 
     async def drain(self) -> None:
         """Wait until every queued command was handled (shutdown)."""
-        while self._workers:
-            await asyncio.wait(set(self._workers))
+        while self._workers or self._forgotten:
+            await asyncio.wait(self._workers | self._forgotten)
+
+    def _forget(self, task: asyncio.Task[Claimed] | None) -> None:
+        """Let a claim made ahead for a command that goes back to the stream finish on its
+        own (its redelivery finds the claim, if it was made, and goes on from it)."""
+        if task is not None and not task.done():
+            self._forgotten.add(task)
+            task.add_done_callback(self._forgotten.discard)
+        if task is not None:
+            task.add_done_callback(_retrieved)
 
     async def _room(self, room_id: str) -> None:
         queue = self._queues[room_id]
@@ -219,12 +222,11 @@ class CreateMessageConsumer:
                     ok = await self._one(item)
                 finally:
                     self._slots.release()
-                if not ok:
+                if not ok:  # (the room is in _failing: no more claims ahead, they all go back)
                     self._heads.pop(room_id, None)
-                    self._failing.add(room_id)  # no more claims ahead: they all go back
                     while queue:  # keep the room's order: its later commands come back too
                         later = queue.popleft()
-                        _forget(later.prepared)
+                        self._forget(later.prepared)
                         await _nak(later.msg, self.options.nak_delay)
                         self._slots.release()
         finally:
@@ -262,10 +264,12 @@ class CreateMessageConsumer:
             await self.handler.handle(command, item.prepared)
         except Unavailable as exc:
             log.warning("create_message postponed: %s", exc, extra={"room_id": command.roomId})
+            self._failing.add(command.roomId)  # before anything can arrive for the room
             await _nak(msg, self.options.nak_delay)
             return False
         except Exception:
             log.exception("create_message failed", extra={"room_id": command.roomId})
+            self._failing.add(command.roomId)
             await _nak(msg, self.options.nak_delay)
             return False
         labelled(COMMAND_LATENCY, "create_message").observe(time.perf_counter() - started)
