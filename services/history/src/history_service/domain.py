@@ -68,14 +68,6 @@ def claim_hash(sender_id: str, content: str, created_at: str) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def is_identifier(value: str) -> bool:
-    try:
-        _IDENTIFIER.validate_python(value)
-    except ValidationError:
-        return False
-    return True
-
-
 def check_command(command: CreateMessageCommand, now: datetime | None = None) -> None:
     """Field rules of a create_message command beyond its schema; ChatError (400) if broken."""
     checks: tuple[tuple[TypeAdapter[str], str, ErrorCode, str], ...] = (

@@ -79,6 +79,7 @@ from contracts.bus import (
     RoomCreated,
     RoomRange,
 )
+from contracts.common import is_identifier
 from contracts.errors import ChatError, ErrorCode, ErrorDetail
 from history_service.adapters.publisher import EventPublisher
 from history_service.adapters.rooms import RoomDirectory
@@ -94,7 +95,6 @@ from history_service.domain import (
     Unavailable,
     check_command,
     claim_hash,
-    is_identifier,
     make_page,
     message_of,
 )

@@ -205,11 +205,12 @@ class CreateMessageConsumer:
     def _forget(self, task: asyncio.Task[Claimed] | None) -> None:
         """Let a claim made ahead for a command that goes back to the stream finish on its
         own (its redelivery finds the claim, if it was made, and goes on from it)."""
-        if task is not None and not task.done():
+        if task is None:
+            return
+        task.add_done_callback(_retrieved)
+        if not task.done():
             self._forgotten.add(task)
             task.add_done_callback(self._forgotten.discard)
-        if task is not None:
-            task.add_done_callback(_retrieved)
 
     async def _room(self, room_id: str) -> None:
         queue = self._queues[room_id]
