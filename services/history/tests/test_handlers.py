@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,18 @@ from contracts.rest import Message, Room, RoomParticipant
 from history_service import handlers
 from history_service.adapters.fakes import (
     FakeRoomDirectory,
+    Hook,
     InMemoryMessageStore,
     RecordingPublisher,
 )
-from history_service.domain import Claim, Direction, PageRequest, RoomMeta, Unavailable
+from history_service.domain import (
+    BoundedCache,
+    Claim,
+    Direction,
+    PageRequest,
+    RoomMeta,
+    Unavailable,
+)
 from history_service.handlers import (
     Applied,
     CreateMessageHandler,
@@ -59,6 +68,21 @@ def build(
         MessageWriter(store), RoomAccess(store, directory, 100), publisher
     )
     return handler, store, publisher, directory
+
+
+async def random_turns(rng: random.Random, most: int) -> None:
+    """Let other tasks run 0 to `most` times: a random interleaving, the same for a seed."""
+    for _turn in range(rng.randint(0, most)):
+        await asyncio.sleep(0)
+
+
+def jitter(rng: random.Random, most: int) -> Hook:
+    """A store hook that interleaves every store call at random."""
+
+    async def hook(_: str, __: tuple[object, ...]) -> None:
+        await random_turns(rng, most)
+
+    return hook
 
 
 def seqs_of(store: InMemoryMessageStore, room: str = "r1") -> list[int]:
@@ -208,11 +232,7 @@ async def test_concurrent_writers_on_one_room() -> None:
     b, _, _, _ = build(store)
     rng = random.Random(7)
 
-    async def jitter(_: str, __: tuple[object, ...]) -> None:
-        for _turn in range(rng.randint(0, 3)):
-            await asyncio.sleep(0)
-
-    store.hook = jitter
+    store.hook = jitter(rng, 3)
     ids = [f"m{i}" for i in range(60)]
 
     async def run(handler: CreateMessageHandler, mine: list[str]) -> None:
@@ -296,11 +316,7 @@ async def test_concurrent_writers_claiming_ahead(seed: int) -> None:
     b, _, _, _ = build(store)
     rng = random.Random(seed)
 
-    async def jitter(_: str, __: tuple[object, ...]) -> None:
-        for _turn in range(rng.randint(0, 4)):
-            await asyncio.sleep(0)
-
-    store.hook = jitter
+    store.hook = jitter(rng, 4)
     ids = [f"m{i}" for i in range(50)]
 
     async def run(handler: CreateMessageHandler, mine: list[str]) -> None:
@@ -533,12 +549,11 @@ async def test_three_writers_with_faults_and_evictions(
     ]
 
     async def chaos(_: str, __: tuple[object, ...]) -> None:
-        for _turn in range(rng.randint(0, 3)):
-            await asyncio.sleep(0)
+        await random_turns(rng, 3)
         if rng.random() < 0.08:
             writer = rng.choice(writers)
-            cache = rng.choice([writer._tails, writer._known])
-            cache._items.pop(rng.choice(rooms), None)
+            caches: list[BoundedCache[str, Any]] = [writer._tails, writer._known]
+            rng.choice(caches)._items.pop(rng.choice(rooms), None)
         if rng.random() < 0.03:
             raise Unavailable("the store did not answer")
 
