@@ -10,6 +10,8 @@ import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import REGISTRY
+
 from contracts.bus import CreateMessageCommand, Origin
 from history_service.adapters.fakes import (
     FakeRoomDirectory,
@@ -275,3 +277,33 @@ async def test_a_claim_failing_while_its_command_waits_for_it_is_not_made_twice(
     log = await feed(consumer, [command("r1", f"m{i}") for i in range(3)])
     assert log == [("nak", "r1", f"m{i}") for i in range(3)]
     assert tries.count("m0") == 1
+
+
+async def test_a_conflict_sent_back_with_its_room_is_counted_once() -> None:
+    """A conflicting command claimed ahead, then sent back with its room's queue and delivered
+    again: it is refused once and counted once (when it is told, at its turn)."""
+    store = InMemoryMessageStore()
+    consumer, publisher = build(store)
+    await feed(consumer, [command("r1", "dup", "A")])
+    down = True
+
+    async def puts_fail_late(op: str, _: tuple[object, ...]) -> None:
+        if op == "put_message" and down:
+            for _turn in range(10):  # the claim made ahead for the next command lands first
+                await asyncio.sleep(0)
+            raise Unavailable("down")
+
+    store.hook = puts_fail_late
+    before = conflicts_counted()
+    sent = [command("r1", "m1"), command("r1", "dup", "B")]
+    assert await feed(consumer, sent) == [("nak", "r1", "m1"), ("nak", "r1", "dup")]
+    assert publisher.rejections == []
+    down = False
+    assert await feed(consumer, sent) == [("ack", "r1", "m1"), ("ack", "r1", "dup")]
+    assert [r.error.code for r in publisher.rejections] == ["conflict"]
+    assert conflicts_counted() - before == 1
+    assert [m.content for m in store.messages["r1"].values()] == ["A", "hi"]
+
+
+def conflicts_counted() -> float:
+    return REGISTRY.get_sample_value("history_messages_total", {"outcome": "conflict"}) or 0.0

@@ -133,11 +133,14 @@ class WriterStats:
 
 @dataclass(frozen=True)
 class Claimed:
-    """The claim step's result: the claim's t0 (the stored one when the claim existed) and the
-    store round trips it took."""
+    """The claim step's result: the claim's t0 (the stored one when the claim existed), the
+    store round trips it took, and whether the messageId is taken by other content (told, and
+    counted, by `place` at the command's turn: a claim made ahead may be sent back with its
+    room's queue and made again)."""
 
     t0: int
     round_trips: int
+    conflict: bool = False
 
 
 # Per room, the newest slots whose messageIds this process has seen: twice the look-ahead, so
@@ -214,7 +217,7 @@ class MessageWriter:
 
     async def claim(self, command: CreateMessageCommand) -> Claimed:
         """Create the claim of the command's messageId, or find it (same content: a retry;
-        other content: ChatError `conflict`)."""
+        other content: a conflict, raised by `place`)."""
         room, message_id = command.roomId, command.messageId
         digest = claim_hash(command.userId, command.content, command.createdAt)
         trips = 0
@@ -232,20 +235,18 @@ class MessageWriter:
         claim = await self._store.get_claim(room, message_id)
         if claim is None:  # claims are never deleted: only a broken store does this
             raise Unavailable("claim exists but cannot be read")
-        if claim.hash != digest:
-            ROUND_TRIPS.inc(trips)
-            labelled(MESSAGES, "conflict").inc()
-            raise ChatError(
-                ErrorCode.CONFLICT,
-                f"messageId {message_id} is already used by another message",
-                409,
-            )
-        return Claimed(claim.t0, trips)
+        return Claimed(claim.t0, trips, conflict=claim.hash != digest)
 
     async def place(self, command: CreateMessageCommand, claimed: Claimed) -> StoreOutcome:
-        """Put the claimed message at the room's next seq, or find it already stored."""
+        """Put the claimed message at the room's next seq, or find it already stored;
+        ChatError `conflict` if the claim found the messageId taken by other content."""
         room, message_id = command.roomId, command.messageId
         trips = claimed.round_trips
+        if claimed.conflict:
+            ROUND_TRIPS.inc(trips)
+            labelled(MESSAGES, "conflict").inc()
+            taken = f"messageId {message_id} is already used by another message"
+            raise ChatError(ErrorCode.CONFLICT, taken, 409)
         t0 = claimed.t0
         scanned = t0
         tail = self.cached_tail(room)
