@@ -1,18 +1,24 @@
 """FastAPI plumbing shared by the HTTP services: the contract's error shape, body limits,
-security headers, bearer authentication and the health endpoints."""
+security headers, bearer authentication, the health endpoints and the API docs pages."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any
 
+import fastapi_offline
 from botocore.exceptions import ClientError
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nats.errors import Error as NatsError
 from redis.exceptions import RedisError
@@ -309,6 +315,97 @@ def install_common_middleware(app: FastAPI, settings: CommonSettings) -> None:
     app.add_middleware(SecurityHeadersMiddleware)
     # outermost: `/metrics`, request counts and latency, the request's correlation id
     install_metrics(app)
+
+
+# --- API docs -------------------------------------------------------------------------------------
+
+# Swagger UI's and ReDoc's files as the fastapi-offline package ships them, served by the
+# service itself: `/docs` works without the internet (FastAPI's own pages load them from a
+# CDN), under a policy that allows only the page's own origin. Four known files, read once
+# (about 2.8 MB) and kept: no folder is served, and nothing runs in the thread pool.
+DOCS_ASSETS_PATH = "/docs-assets"
+DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "favicon.png": "image/png",
+}
+DOCS_ASSETS_CACHE = "public, max-age=86400"  # they change only with the package
+_COMMON_CSP = (
+    "default-src 'none'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+def _docs_csp(html: str, extra: str) -> str:
+    """The page's policy: scripts from this origin plus the page's own inline script (by its
+    hash: FastAPI renders Swagger UI's set-up inline)."""
+    hashes = "".join(
+        f" 'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+        for body in _INLINE_SCRIPT.findall(html)
+    )
+    return f"{_COMMON_CSP}; script-src 'self'{hashes}; {extra}"
+
+
+def _with_policy(page: HTMLResponse, extra: str) -> HTMLResponse:
+    page.headers["content-security-policy"] = _docs_csp(bytes(page.body).decode(), extra)
+    return page
+
+
+def install_docs(app: FastAPI) -> None:
+    """`/docs` (Swagger UI) and `/redoc` over the app's OpenAPI, their files from this process.
+    The app is made with `docs_url=None, redoc_url=None` (FastAPI's CDN pages off)."""
+    if app.docs_url is not None or app.redoc_url is not None:
+        raise ValueError("make the app with docs_url=None and redoc_url=None")
+    if app.openapi_url is None:
+        raise ValueError("the docs pages need the app's openapi_url")
+    openapi_url = app.openapi_url
+    assets: dict[str, bytes] = {}
+
+    @app.get(DOCS_ASSETS_PATH + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        media_type = DOCS_ASSETS.get(name)
+        if media_type is None:
+            raise ChatError(ErrorCode.NOT_FOUND, "no such file", 404)
+        if name not in assets:  # once per process, from the page cache: about 1 ms
+            assets[name] = (DOCS_ASSETS_DIR / name).read_bytes()
+        return Response(
+            assets[name], media_type=media_type, headers={"cache-control": DOCS_ASSETS_CACHE}
+        )
+
+    def urls(request: Request) -> tuple[str, str]:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return f"{root}{openapi_url}", f"{root}{DOCS_ASSETS_PATH}"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        spec, files = urls(request)
+        # no badge from the public validator (its image is off this origin)
+        parameters = {"validatorUrl": None, **(app.swagger_ui_parameters or {})}
+        page = get_swagger_ui_html(
+            openapi_url=spec,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{files}/swagger-ui-bundle.js",
+            swagger_css_url=f"{files}/swagger-ui.css",
+            swagger_favicon_url=f"{files}/favicon.png",
+            swagger_ui_parameters=parameters,
+        )
+        return _with_policy(page, "style-src 'self' 'unsafe-inline'")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        spec, files = urls(request)
+        page = get_redoc_html(
+            openapi_url=spec,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{files}/redoc.standalone.js",
+            redoc_favicon_url=f"{files}/favicon.png",
+            with_google_fonts=False,
+        )
+        # ReDoc styles through <style> elements it writes, and searches in a blob: worker
+        return _with_policy(page, "style-src 'self' 'unsafe-inline'; worker-src blob:")
 
 
 # --- authentication -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from infra.http import (
     ReadinessCheck,
     health_router,
     install_common_middleware,
+    install_docs,
     install_error_handlers,
 )
 from infra.store import open_dynamo
@@ -92,11 +93,14 @@ def create_app(settings: Settings) -> FastAPI:
         description="Messages of rooms with a gap-free per-room `seq`; applies create_message "
         "commands from JetStream exactly once and publishes MessageCreated.",
         lifespan=lifespan,
+        docs_url=None,  # install_docs: served without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.tokens = TokenService.from_settings(settings)
     install_error_handlers(app)
     install_common_middleware(app, settings)
+    install_docs(app)
 
     def checks() -> dict[str, ReadinessCheck]:
         async def store_ready() -> None:

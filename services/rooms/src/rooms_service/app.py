@@ -23,6 +23,7 @@ from infra.http import (
     ReadinessCheck,
     health_router,
     install_common_middleware,
+    install_docs,
     install_error_handlers,
 )
 from infra.limits import RecentBuckets
@@ -108,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # install_docs: served without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.tokens = TokenService(
@@ -118,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_common_middleware(app, settings)
+    install_docs(app)
 
     def checks() -> dict[str, ReadinessCheck]:
         async def store() -> None:

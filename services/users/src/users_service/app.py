@@ -13,6 +13,7 @@ from infra.http import (
     ReadinessCheck,
     health_router,
     install_common_middleware,
+    install_docs,
     install_error_handlers,
 )
 from infra.store import open_dynamo
@@ -72,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # install_docs: served without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.tokens = TokenService.from_settings(settings)
@@ -79,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     install_common_middleware(app, settings)
+    install_docs(app)
 
     def checks() -> dict[str, ReadinessCheck]:
         async def store_check() -> None:

@@ -10,7 +10,12 @@ from fastapi import FastAPI
 from infra.auth import TokenService
 from infra.bus import close_nats, connect_nats
 from infra.cache import redis_client
-from infra.http import health_router, install_common_middleware, install_error_handlers
+from infra.http import (
+    health_router,
+    install_common_middleware,
+    install_docs,
+    install_error_handlers,
+)
 from infra.metrics import (
     WS_CONNECTIONS,
     WS_KEEPALIVE_SOCKETS,
@@ -76,7 +81,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await close_nats(nc)
             await redis.aclose()
 
-    app = FastAPI(title=f"chat ws-edge ({settings.node_id})", lifespan=lifespan)
+    app = FastAPI(
+        title=f"chat ws-edge ({settings.node_id})",
+        lifespan=lifespan,
+        docs_url=None,  # install_docs: served without a CDN
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.tokens = tokens
     app.state.keepalive = keepalive = Keepalive(settings.ping_interval_seconds)
@@ -85,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.http_buckets = RecentBuckets(settings.user_rate_burst, settings.user_rate_per_second)
     install_error_handlers(app)
     install_common_middleware(app, settings)
+    install_docs(app)
 
     async def nats_ready() -> None:
         if not app.state.nc.is_connected:
