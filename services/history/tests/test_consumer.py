@@ -48,6 +48,9 @@ class StandInMsg:
     async def term(self) -> None:
         self.log.append(("term", self.command.roomId, self.command.messageId))
 
+    async def in_progress(self) -> None:
+        self.log.append(("wip", self.command.roomId, self.command.messageId))
+
 
 def command(room: str, message_id: str, content: str = "hi") -> CreateMessageCommand:
     return CreateMessageCommand(
@@ -61,7 +64,7 @@ def command(room: str, message_id: str, content: str = "hi") -> CreateMessageCom
 
 
 def build(
-    store: InMemoryMessageStore, max_in_flight: int = 2048
+    store: InMemoryMessageStore, max_in_flight: int = 2048, ack_wait: float = 5.0
 ) -> tuple[CreateMessageConsumer, RecordingPublisher]:
     for room in ROOMS:
         store.rooms[room] = RoomMeta(room, ("alice",), "2024-06-16T12:36:00.000Z")
@@ -75,7 +78,7 @@ def build(
         js,
         handler,
         publisher,  # type: ignore[arg-type]
-        PullOptions(nak_delay=0),
+        PullOptions(ack_wait=ack_wait, nak_delay=0),
         max_in_flight,
     )
     return consumer, publisher
@@ -307,3 +310,35 @@ async def test_a_conflict_sent_back_with_its_room_is_counted_once() -> None:
 
 def conflicts_counted() -> float:
     return REGISTRY.get_sample_value("history_messages_total", {"outcome": "conflict"}) or 0.0
+
+
+async def test_commands_held_long_are_reported_in_progress() -> None:
+    """A command held past half of ack_wait (its put slow, and the one queued behind it) is
+    reported in progress until it is acked; one handled at once never is, and nothing is
+    reported once the queue is empty."""
+    store = InMemoryMessageStore()
+    release = asyncio.Event()
+
+    async def slow_first_put(op: str, args: tuple[object, ...]) -> None:
+        first = args[0] if args else None
+        if op == "put_message" and getattr(first, "messageId", None) == "slow":
+            await release.wait()
+
+    store.hook = slow_first_put
+    consumer, _ = build(store, ack_wait=0.2)
+    log: Log = []
+    await consumer.accept(StandInMsg(command("r2", "quick"), log))  # type: ignore[arg-type]
+    await consumer.accept(StandInMsg(command("r1", "slow"), log))  # type: ignore[arg-type]
+    await consumer.accept(StandInMsg(command("r1", "behind"), log))  # type: ignore[arg-type]
+    await asyncio.sleep(0.6)  # three times ack_wait
+    release.set()
+    await consumer.drain()
+    wip = [mid for kind, _, mid in log if kind == "wip"]
+    assert wip.count("slow") >= 2
+    assert wip.count("behind") >= 2
+    assert "quick" not in wip
+    acks = [mid for kind, _, mid in log if kind == "ack"]
+    assert acks == ["quick", "slow", "behind"]
+    last_ack = max(i for i, (kind, _, _) in enumerate(log) if kind == "ack")
+    assert all(kind != "wip" for kind, _, _ in log[last_ack:])
+    assert consumer._held == {}

@@ -93,16 +93,27 @@ def command(number: int) -> CreateMessageCommand:
 
 
 def real_consumer(
-    nc: NATS, store: InMemoryMessageStore, batch: int
+    nc: NATS, store: InMemoryMessageStore, batch: int, ack_wait: float = 5
 ) -> tuple[CreateMessageConsumer, NatsPublisher]:
     """history's command consumer on real NATS, over an in-memory store."""
     publisher = NatsPublisher(nc)
     handler = CreateMessageHandler(
         MessageWriter(store), RoomAccess(store, FakeRoomDirectory(), 10), publisher
     )
-    options = PullOptions(batch=batch, ack_wait=5, nak_delay=0.2)
+    options = PullOptions(batch=batch, ack_wait=ack_wait, nak_delay=0.2)
     js = nc.jetstream(timeout=10)
     return CreateMessageConsumer(nc, js, handler, publisher, options), publisher
+
+
+async def announced(client: NATS, room_id: str) -> list[Message]:
+    """The messages announced in a room from now on, as they arrive."""
+    events: list[Message] = []
+
+    async def on_event(msg: Msg) -> None:
+        events.append(MessageCreated.model_validate_json(msg.data).message)
+
+    await client.subscribe(subjects.message_created(room_id), cb=on_event)
+    return events
 
 
 async def test_each_ack_leaves_in_the_write_of_its_event(nc: NATS, bus: Infra) -> None:
@@ -240,12 +251,7 @@ async def test_queued_commands_of_a_room_claim_while_the_first_is_placed(
     store.hook = hold_the_first_put
     consumer, _ = real_consumer(nc, store, batch=16)
     sender = await nats.connect(bus.nats_url)
-    events: list[Message] = []
-
-    async def on_event(msg: Msg) -> None:
-        events.append(MessageCreated.model_validate_json(msg.data).message)
-
-    await sender.subscribe(subjects.message_created(room.room_id), cb=on_event)
+    events = await announced(sender, room.room_id)
     sent = [command(n).model_copy(update={"roomId": room.room_id}) for n in range(12)]
     try:
         sender_js = sender.jetstream(timeout=10)
@@ -265,3 +271,79 @@ async def test_queued_commands_of_a_room_claim_while_the_first_is_placed(
     assert [m.messageId for m in events] == [c.messageId for c in sent]
     assert store.calls["messages_after"] == 0  # every claim made ahead was placed without a scan
     assert consumer.handler.writer.stats.lost_races == 0
+
+
+async def test_a_command_held_past_ack_wait_is_not_delivered_twice(nc: NATS, bus: Infra) -> None:
+    """A put held for three times ack_wait: the command and the one queued behind it are
+    reported in progress, so JetStream delivers neither again (one event each, in order)."""
+    room = RoomMeta("room_wip", ("alice", "bob"), "2024-06-16T12:36:00.000Z")
+    store = InMemoryMessageStore()
+    store.rooms[room.room_id] = room
+
+    async def hold_the_first_put(op: str, args: tuple[object, ...]) -> None:
+        first = args[0] if args else None
+        if op == "put_message" and isinstance(first, Message) and first.seq == 1:
+            await asyncio.sleep(3.0)
+
+    store.hook = hold_the_first_put
+    consumer, _ = real_consumer(nc, store, batch=16, ack_wait=1)
+    sender = await nats.connect(bus.nats_url)
+    events = await announced(sender, room.room_id)
+    sent = [command(n).model_copy(update={"roomId": room.room_id}) for n in range(2)]
+    try:
+        await consumer.loop.start()
+        sender_js = sender.jetstream(timeout=10)
+        for one in sent:
+            await sender_js.publish(
+                subjects.create_message(room.room_id), one.model_dump_json().encode()
+            )
+        await eventually(lambda: len(events) == len(sent), within=20)
+        await asyncio.sleep(2.0)  # two more ack_waits: a second delivery would show by now
+    finally:
+        await consumer.loop.stop()
+        await consumer.drain()
+        await sender.close()
+    assert [m.messageId for m in events] == [c.messageId for c in sent]
+    assert store.calls["put_claim"] == 2  # a redelivery would claim again
+
+
+async def test_commands_handed_to_a_dead_replica_come_back_after_ack_wait(bus: Infra) -> None:
+    """A replica that dies with a pull request open: a command JetStream hands to that request
+    (the replica's process gone, before the server noticed) is delivered to the live replica
+    after the default ack_wait, well before the edge lets the connection's next message go
+    (10 s), so that connection's order holds."""
+    room = RoomMeta("room_dead_replica", ("alice", "bob"), "2024-06-16T12:36:00.000Z")
+    store = InMemoryMessageStore()
+    store.rooms[room.room_id] = room
+    dead = await nats.connect(bus.nats_url)
+    live = await nats.connect(bus.nats_url)
+    sender = await nats.connect(bus.nats_url)
+    events = await announced(sender, room.room_id)
+    try:
+        # the consumer as a replica configures it, then only the dead replica's pull request
+        # open: it takes the command and never answers
+        consumer, _ = real_consumer(live, store, batch=16, ack_wait=PullOptions().ack_wait)
+        await consumer.loop.start()
+        await consumer.loop.stop()
+        taken = await dead.jetstream(timeout=10).pull_subscribe_bind(
+            subjects.HISTORY_COMMANDS_CONSUMER, stream=subjects.COMMANDS_STREAM
+        )
+        await sender.jetstream(timeout=10).publish(
+            subjects.create_message(room.room_id),
+            command(1).model_copy(update={"roomId": room.room_id}).model_dump_json().encode(),
+        )
+        held = await taken.fetch(1, timeout=5)
+        assert len(held) == 1
+        await dead.close()  # the replica is gone without an ack or a nak
+        started = asyncio.get_running_loop().time()
+        consumer, _ = real_consumer(live, store, batch=16, ack_wait=PullOptions().ack_wait)
+        await consumer.loop.start()
+        await eventually(lambda: len(events) == 1, within=15)
+        waited = asyncio.get_running_loop().time() - started
+    finally:
+        await consumer.loop.stop()
+        await consumer.drain()
+        await live.close()
+        await sender.close()
+    assert events[0].messageId == "m001"
+    assert waited < 9

@@ -15,7 +15,9 @@ class Settings(CommonSettings):
 
     # create_message commands (JetStream pull consumer)
     commands_batch: int = Field(default=64, ge=1, le=1000)
-    commands_ack_wait_seconds: float = Field(default=30.0, gt=0)
+    # short, so that a crashed replica's fetched commands come back soon (held ones are kept
+    # alive with progress signals, see entrypoints/bus.py)
+    commands_ack_wait_seconds: float = Field(default=5.0, ge=1)
     nak_delay_seconds: float = Field(default=2.0, ge=0)
     # read-model miss: ask rooms
     rooms_query_timeout_seconds: float = Field(default=2.0, gt=0)

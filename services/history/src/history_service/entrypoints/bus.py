@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PullOptions:
     batch: int = 64
-    ack_wait: float = 30.0
+    ack_wait: float = 5.0
     nak_delay: float = 2.0
 
 
@@ -116,6 +116,7 @@ class _Queued:
     msg: Msg
     command: CreateMessageCommand
     prepared: asyncio.Task[Claimed] | None = None
+    told: float = 0.0  # when JetStream last heard of it (delivery, or a progress signal)
 
 
 def _retrieved(task: asyncio.Task[Claimed]) -> None:
@@ -141,6 +142,12 @@ class CreateMessageConsumer:
     (`EventPublisher.settle`: the server cannot take the ack without the event); a store or
     rooms outage naks it with a delay (JetStream keeps it; it is applied once when they are
     back), and the room's queued commands with it, to keep their order.
+
+    `ack_wait` is short (5 s by default) so that what a crashed replica had fetched comes back
+    soon (before the edge lets a connection's next message go, 10 s, which keeps the
+    connection's order); a command held here longer than half of it is reported in progress
+    (`+WPI`) every quarter of it, so a slow store or a long queue does not get it delivered
+    twice.
     """
 
     def __init__(
@@ -161,6 +168,8 @@ class CreateMessageConsumer:
         self._failing: set[str] = set()  # rooms whose queued commands are being sent back
         self._forgotten: set[asyncio.Task[Claimed]] = set()  # their claims, still out
         self._workers: set[asyncio.Task[None]] = set()
+        self._held: dict[int, _Queued] = {}  # id(msg) -> every command not acked or naked yet
+        self._keepalive: asyncio.Task[None] | None = None
         self.loop = ConsumeLoop(
             nc,
             js,
@@ -186,13 +195,18 @@ class CreateMessageConsumer:
                     await msg.term()
                 continue
             await self._slots.acquire()
+            loop = asyncio.get_running_loop()
+            item = _Queued(msg, command, told=loop.time())
+            self._held[id(msg)] = item
+            if self._keepalive is None:
+                self._keepalive = loop.create_task(self._keep_alive(), name="commands-wip")
             queue = self._queues.get(command.roomId)
             if queue is not None:  # behind the room's earlier commands: claim it meanwhile
-                queue.append(_Queued(msg, command))
+                queue.append(item)
                 if len(queue) <= LOOKAHEAD:
                     self._look_ahead(command.roomId, queue)
                 continue
-            self._queues[command.roomId] = deque([_Queued(msg, command)])
+            self._queues[command.roomId] = deque([item])
             worker = asyncio.get_running_loop().create_task(self._room(command.roomId))
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
@@ -201,6 +215,30 @@ class CreateMessageConsumer:
         """Wait until every queued command was handled (shutdown)."""
         while self._workers or self._forgotten:
             await asyncio.wait(self._workers | self._forgotten)
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
+
+    def _release(self, item: _Queued) -> None:
+        """The command was acked or naked: its slot is free and it is no longer kept alive."""
+        self._held.pop(id(item.msg), None)
+        self._slots.release()
+
+    async def _keep_alive(self) -> None:
+        """Every quarter of `ack_wait`, tell JetStream that each command held for half of it
+        or more is still being worked on (so it is not delivered again meanwhile)."""
+        loop = asyncio.get_running_loop()
+        period = self.options.ack_wait / 4
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for item in list(self._held.values()):
+                if now - item.told >= 2 * period:
+                    item.told = now
+                    with contextlib.suppress(Exception):  # at worst it is delivered again
+                        await item.msg.in_progress()
 
     def _forget(self, task: asyncio.Task[Claimed] | None) -> None:
         """Let a claim made ahead for a command that goes back to the stream finish on its
@@ -222,14 +260,14 @@ class CreateMessageConsumer:
                 try:
                     ok = await self._one(item)
                 finally:
-                    self._slots.release()
+                    self._release(item)
                 if not ok:  # (the room is in _failing: no more claims ahead, they all go back)
                     self._heads.pop(room_id, None)
                     while queue:  # keep the room's order: its later commands come back too
                         later = queue.popleft()
                         self._forget(later.prepared)
                         await _nak(later.msg, self.options.nak_delay)
-                        self._slots.release()
+                        self._release(later)
         finally:
             del self._queues[room_id]
             self._heads.pop(room_id, None)
