@@ -15,8 +15,10 @@ from history_service.domain import (
     PageRequest,
     check_command,
     claim_hash,
+    legacy_claim_hash,
     make_page,
     parse_page,
+    same_message,
 )
 
 
@@ -39,14 +41,24 @@ def messages(seqs: range) -> list[Message]:
     ]
 
 
-def test_claim_hash_depends_on_sender_content_and_time() -> None:
-    """The claim hash changes with any of sender, content and createdAt, and only with them."""
-    base = claim_hash("u", "c", "t")
-    assert base == claim_hash("u", "c", "t")
-    assert base != claim_hash("v", "c", "t")
-    assert base != claim_hash("u", "d", "t")
-    assert base != claim_hash("u", "c", "s")
-    assert claim_hash("a", "bc", "t") != claim_hash("ab", "c", "t")
+def test_claim_hash_is_sender_and_content() -> None:
+    """The claim hash changes with sender and content only (createdAt is not what makes a
+    resend another message); claims made with the older hash, which had createdAt too, are
+    still recognised when the resend keeps its createdAt."""
+    base = claim_hash("u", "c")
+    assert base == claim_hash("u", "c")
+    assert base != claim_hash("v", "c")
+    assert base != claim_hash("u", "d")
+    assert claim_hash("a", "bc") != claim_hash("ab", "c")
+    assert same_message(base, "u", "c", "t")
+    assert same_message(base, "u", "c", "another time")
+    assert not same_message(base, "u", "d", "t")
+    assert not same_message(base, "v", "c", "t")
+    legacy = legacy_claim_hash("u", "c", "t")
+    assert legacy != base
+    assert same_message(legacy, "u", "c", "t")
+    assert not same_message(legacy, "u", "c", "s")
+    assert not same_message(legacy, "u", "d", "t")
 
 
 def test_valid_command_passes() -> None:

@@ -25,6 +25,7 @@ from history_service.domain import (
     PageRequest,
     RoomMeta,
     Unavailable,
+    legacy_claim_hash,
 )
 from history_service.handlers import (
     Applied,
@@ -169,6 +170,42 @@ async def test_other_sender_is_a_conflict() -> None:
     result = await handler.handle(command("m1", userId="bob"))
     assert isinstance(result, Refused)
     assert result.error.code == ErrorCode.CONFLICT
+
+
+async def test_resend_with_another_created_at_gets_the_stored_message() -> None:
+    """The same messageId, sender and content with another createdAt is a resend: nothing new
+    is stored and the stored message (its first createdAt) is answered, not a conflict."""
+    handler, store, publisher, _ = build()
+    first = await handler.handle(command("m1"))
+    again = await handler.handle(command("m1", createdAt="2024-06-16T12:40:00.000Z"))
+    assert isinstance(first, Applied)
+    assert isinstance(again, Applied)
+    assert again.outcome.duplicate
+    assert again.outcome.message == first.outcome.message
+    assert again.outcome.message.createdAt == "2024-06-16T12:34:56.789Z"
+    assert publisher.rejections == []
+    assert seqs_of(store) == [1]
+
+
+async def test_a_claim_made_with_the_older_hash_is_still_recognised() -> None:
+    """A message claimed (and stored) with the older hash, which had createdAt in it: its
+    resend with the same createdAt is recognised, other content is still a conflict."""
+    handler, store, _, _ = build()
+    original = command("m1")
+    stored = await handler.handle(original)
+    assert isinstance(stored, Applied)
+    claim = store.claims[("r1", "m1")]
+    store.claims[("r1", "m1")] = Claim(
+        "r1", "m1", legacy_claim_hash("alice", "hi", original.createdAt), claim.t0
+    )
+    fresh, _, _, _ = build(store)  # another process: nothing cached
+    again = await fresh.handle(command("m1"))
+    assert isinstance(again, Applied)
+    assert again.outcome.duplicate
+    assert again.outcome.message.seq == 1
+    refused = await fresh.handle(command("m1", content="other"))
+    assert isinstance(refused, Refused)
+    assert refused.error.code == ErrorCode.CONFLICT
 
 
 async def test_crash_between_claim_and_write_then_redelivery() -> None:

@@ -62,10 +62,27 @@ class StoreOutcome:
     round_trips: int
 
 
-def claim_hash(sender_id: str, content: str, created_at: str) -> str:
-    """Hash of what makes a message the same message (sender, content, createdAt)."""
+def claim_hash(sender_id: str, content: str) -> str:
+    """Hash of what makes a message the same message: its sender and content. The contract
+    makes the same messageId with other content or from another sender a `conflict`, and any
+    other resend (another `createdAt` included) gets the stored message back."""
+    blob = json.dumps(["v2", sender_id, content], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def legacy_claim_hash(sender_id: str, content: str, created_at: str) -> str:
+    """The hash claims were made with before (sender, content and createdAt): a resend of a
+    message claimed then is still recognised when it keeps its createdAt."""
     blob = json.dumps([sender_id, content, created_at], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def same_message(stored_hash: str, sender_id: str, content: str, created_at: str) -> bool:
+    """Whether a claim's hash is this message's (a resend), in either form."""
+    return stored_hash in (
+        claim_hash(sender_id, content),
+        legacy_claim_hash(sender_id, content, created_at),
+    )
 
 
 def check_command(command: CreateMessageCommand, now: datetime | None = None) -> None:

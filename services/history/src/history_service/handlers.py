@@ -97,6 +97,7 @@ from history_service.domain import (
     claim_hash,
     make_page,
     message_of,
+    same_message,
 )
 from infra.metrics import labelled
 
@@ -219,7 +220,7 @@ class MessageWriter:
         """Create the claim of the command's messageId, or find it (same content: a retry;
         other content: a conflict, raised by `place`)."""
         room, message_id = command.roomId, command.messageId
-        digest = claim_hash(command.userId, command.content, command.createdAt)
+        digest = claim_hash(command.userId, command.content)
         trips = 0
         cached = self._tails.get(room)
         if cached is None:
@@ -235,7 +236,8 @@ class MessageWriter:
         claim = await self._store.get_claim(room, message_id)
         if claim is None:  # claims are never deleted: only a broken store does this
             raise Unavailable("claim exists but cannot be read")
-        return Claimed(claim.t0, trips, conflict=claim.hash != digest)
+        same = same_message(claim.hash, command.userId, command.content, command.createdAt)
+        return Claimed(claim.t0, trips, conflict=not same)
 
     async def place(self, command: CreateMessageCommand, claimed: Claimed) -> StoreOutcome:
         """Put the claimed message at the room's next seq, or find it already stored;
