@@ -382,3 +382,16 @@ async def test_people_of_the_same_name_are_told_apart(
         auth = {"Authorization": f"Bearer {alice['token']}"}
         (room,) = (await http.get(f"{web.rooms}/rooms", headers=auth)).json()
     assert [p["id"] for p in room["participants"]] == [alice["id"], bob_ids[1]]
+
+
+async def test_avatar_initials_keep_whole_characters(
+    web: WebMesh, contexts: list[BrowserContext]
+) -> None:
+    """A name's initials are whole characters as a reader sees them: an emoji, a flag or a
+    family emoji is never cut into half a character."""
+    page = await contexts[0].new_page()
+    await page.goto(f"{web.edges[0].url}/")
+    got = await page.evaluate(
+        "() => ['Dave 🎉', 'ann lee', '🇫🇷 Zoé', '', '👨‍👩‍👧 x'].map(initials)"
+    )
+    assert got == ["D🎉", "AL", "🇫🇷Z", "?", "👨‍👩‍👧X"]

@@ -42,6 +42,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_ROOMS = "too_many_rooms"
     RATE_LIMITED = "rate_limited"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    UPGRADE_REQUIRED = "upgrade_required"
     # server side (never for bad input)
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"

@@ -128,3 +128,15 @@ def test_cors_only_for_allowed_origins() -> None:
         "/users", headers={"origin": "http://evil.example", "access-control-request-method": "POST"}
     )
     assert "access-control-allow-origin" not in bad.headers
+    assert bad.status_code == 403  # refused in the contract's error shape, not plain text
+    assert bad.json()["error"]["code"] == "forbidden"
+    bad_header = client.options(
+        "/users",
+        headers={
+            "origin": "http://allowed.example",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "x-not-allowed",
+        },
+    )
+    assert bad_header.status_code == 403
+    assert bad_header.json()["error"]["code"] == "forbidden"

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nats.errors import Error as NatsError
 from redis.exceptions import RedisError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -294,13 +295,32 @@ class ResponseDeadlineMiddleware:
             await response(scope, receive, send)
 
 
+class JsonCorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, with its refusal of a preflight (an origin, method or header not
+    allowed) in the contract's error shape: Starlette answers it in plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        refused = error_response(
+            403,
+            ErrorCode.FORBIDDEN,
+            f"{bytes(response.body).decode()}: not allowed from this origin (CHAT_CORS_ORIGINS)",
+        )
+        for name, value in response.headers.items():  # the CORS headers it would have sent
+            if name.startswith("access-control-") or name == "vary":
+                refused.headers[name] = value
+        return refused
+
+
 def install_common_middleware(app: FastAPI, settings: CommonSettings) -> None:
     """The limits, headers and metrics every HTTP service has, as its settings say."""
     # innermost: the deadline runs from the moment the body has been read
     app.add_middleware(ResponseDeadlineMiddleware, seconds=settings.response_timeout_seconds)
     if settings.cors_origin_list:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCorsMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],

@@ -42,6 +42,17 @@ async def _deny(websocket: WebSocket, status: int, code: ErrorCode, message: str
         await websocket.close(code=4401 if status == 401 else 1008)
 
 
+@router.get("/ws", include_in_schema=False)
+async def ws_over_plain_http() -> JSONResponse:
+    """`/ws` asked without a WebSocket handshake: say what is missing (426), not a 404."""
+    body = ErrorBody.of(
+        ErrorCode.UPGRADE_REQUIRED,
+        "/ws is a WebSocket endpoint: open it with a WebSocket handshake "
+        "(ws://HOST:PORT/ws?token=...), or use GET /events for server-sent events",
+    )
+    return JSONResponse(body.model_dump(), status_code=426, headers={"upgrade": "websocket"})
+
+
 @router.websocket("/ws")
 async def ws_endpoint(websocket: WebSocket) -> None:
     hub: Hub = websocket.app.state.hub

@@ -91,8 +91,20 @@ async function api(url, { method = 'GET', body, auth = true, headers: extra = {}
   return { data, next: nextLink(response.headers.get('link')) };
 }
 
+// A word's first character as a reader sees it: an emoji is two UTF-16 units (w[0] would be
+// half of one), a flag or a family several code points.
+const GRAPHEMES = typeof Intl !== 'undefined' && Intl.Segmenter ? new Intl.Segmenter() : null;
+
+function firstCharacter(word) {
+  if (GRAPHEMES) {
+    for (const { segment } of GRAPHEMES.segment(word)) return segment;
+  }
+  return Array.from(word)[0] || '';
+}
+
 function initials(name) {
-  return (name || '?').trim().split(/\s+/).slice(0, 2).map((w) => w[0]).join('').toUpperCase();
+  const words = (name || '?').trim().split(/\s+/).slice(0, 2);
+  return words.map(firstCharacter).join('').toUpperCase();
 }
 
 function avatarEl(name, url) {
