@@ -342,3 +342,32 @@ async def test_commands_held_long_are_reported_in_progress() -> None:
     last_ack = max(i for i, (kind, _, _) in enumerate(log) if kind == "ack")
     assert all(kind != "wip" for kind, _, _ in log[last_ack:])
     assert consumer._held == {}
+
+
+async def test_a_command_waiting_for_a_slot_is_kept_alive_too() -> None:
+    """With every slot taken by a slow command, one that waits for a slot (other room) is
+    reported in progress while it waits, then stored and acked."""
+    store = InMemoryMessageStore()
+    release = asyncio.Event()
+
+    async def slow_first_put(op: str, args: tuple[object, ...]) -> None:
+        first = args[0] if args else None
+        if op == "put_message" and getattr(first, "messageId", None) == "slow":
+            await release.wait()
+
+    store.hook = slow_first_put
+    consumer, _ = build(store, max_in_flight=1, ack_wait=0.2)
+    log: Log = []
+    await consumer.accept(StandInMsg(command("r1", "slow"), log))  # type: ignore[arg-type]
+    waiting = asyncio.create_task(
+        consumer.accept(StandInMsg(command("r2", "waiting"), log))  # type: ignore[arg-type]
+    )
+    await asyncio.sleep(0.6)
+    assert not waiting.done()  # still waiting for the slot
+    release.set()
+    await waiting
+    await consumer.drain()
+    wip = [mid for kind, _, mid in log if kind == "wip"]
+    assert wip.count("waiting") >= 2
+    assert [mid for kind, _, mid in log if kind == "ack"] == ["slow", "waiting"]
+    assert consumer._held == {}

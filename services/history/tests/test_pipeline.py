@@ -283,10 +283,10 @@ async def test_a_command_held_past_ack_wait_is_not_delivered_twice(nc: NATS, bus
     async def hold_the_first_put(op: str, args: tuple[object, ...]) -> None:
         first = args[0] if args else None
         if op == "put_message" and isinstance(first, Message) and first.seq == 1:
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(6.0)
 
     store.hook = hold_the_first_put
-    consumer, _ = real_consumer(nc, store, batch=16, ack_wait=1)
+    consumer, _ = real_consumer(nc, store, batch=16, ack_wait=2)
     sender = await nats.connect(bus.nats_url)
     events = await announced(sender, room.room_id)
     sent = [command(n).model_copy(update={"roomId": room.room_id}) for n in range(2)]
@@ -298,7 +298,7 @@ async def test_a_command_held_past_ack_wait_is_not_delivered_twice(nc: NATS, bus
                 subjects.create_message(room.room_id), one.model_dump_json().encode()
             )
         await eventually(lambda: len(events) == len(sent), within=20)
-        await asyncio.sleep(2.0)  # two more ack_waits: a second delivery would show by now
+        await asyncio.sleep(4.0)  # two more ack_waits: a second delivery would show by now
     finally:
         await consumer.loop.stop()
         await consumer.drain()

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -61,7 +62,8 @@ def create_app(settings: Settings) -> FastAPI:
                 )
                 js = nc.jetstream(timeout=10)
                 commands = CreateMessageConsumer(nc, js, handler, publisher, options)
-                room_events = RoomCreatedConsumer(nc, js, rooms, options)
+                # room events keep a long ack_wait: one at a time, nothing to keep alive
+                room_events = RoomCreatedConsumer(nc, js, rooms, replace(options, ack_wait=30.0))
                 ranges = RangeResponder(nc, store)
                 app.state.store = store
                 app.state.rooms = rooms

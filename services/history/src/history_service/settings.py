@@ -16,7 +16,8 @@ class Settings(CommonSettings):
     # create_message commands (JetStream pull consumer)
     commands_batch: int = Field(default=64, ge=1, le=1000)
     # short, so that a crashed replica's fetched commands come back soon (held ones are kept
-    # alive with progress signals, see entrypoints/bus.py)
+    # alive with progress signals, see entrypoints/bus.py); below the edges' hold of a
+    # connection's next message (2 x their CHAT_BUS_TIMEOUT_SECONDS, 10 s) to keep its order
     commands_ack_wait_seconds: float = Field(default=5.0, ge=1)
     nak_delay_seconds: float = Field(default=2.0, ge=0)
     # read-model miss: ask rooms

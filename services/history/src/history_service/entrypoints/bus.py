@@ -54,7 +54,9 @@ class PullOptions:
 async def ensure_consumer(
     js: JetStreamContext, stream: str, durable: str, filter_subject: str, ack_wait: float
 ) -> None:
-    """Create the durable pull consumer if missing (idempotent; concurrent starts are fine)."""
+    """Create the durable pull consumer, or bring an existing one to this configuration
+    (the server creates or updates; settings it cannot change, e.g. the filter, raise
+    BadRequest and the consumer is kept as it is). Concurrent starts are fine."""
     config = ConsumerConfig(
         name=durable,
         durable_name=durable,
@@ -67,7 +69,7 @@ async def ensure_consumer(
     )
     try:
         await js.add_consumer(stream, config=config)
-    except BadRequestError as exc:  # exists with another configuration: keep it
+    except BadRequestError as exc:  # a setting the server cannot change: keep it
         log.warning("consumer %s kept as is: %s", durable, exc)
 
 
@@ -144,10 +146,12 @@ class CreateMessageConsumer:
     back), and the room's queued commands with it, to keep their order.
 
     `ack_wait` is short (5 s by default) so that what a crashed replica had fetched comes back
-    soon (before the edge lets a connection's next message go, 10 s, which keeps the
-    connection's order); a command held here longer than half of it is reported in progress
-    (`+WPI`) every quarter of it, so a slow store or a long queue does not get it delivered
-    twice.
+    soon (before the edge lets a connection's next message go, twice its bus timeout: 10 s,
+    which keeps the connection's order); a command held here (waiting for a slot, queued or
+    being handled) is reported in progress (`+WPI`) every quarter of it, so a slow store or a
+    long queue does not get it delivered twice. Beyond `max_in_flight`, up to 4 pull batches
+    wait in the client unseen and may come again after `ack_wait` (duplicates, found as such);
+    the edges' one command in flight per connection and room keeps that rare.
     """
 
     def __init__(
@@ -194,12 +198,12 @@ class CreateMessageConsumer:
                 with contextlib.suppress(Exception):
                     await msg.term()
                 continue
-            await self._slots.acquire()
             loop = asyncio.get_running_loop()
             item = _Queued(msg, command, told=loop.time())
-            self._held[id(msg)] = item
+            self._held[id(msg)] = item  # kept alive while it waits for a slot too
             if self._keepalive is None:
                 self._keepalive = loop.create_task(self._keep_alive(), name="commands-wip")
+            await self._slots.acquire()
             queue = self._queues.get(command.roomId)
             if queue is not None:  # behind the room's earlier commands: claim it meanwhile
                 queue.append(item)
@@ -212,14 +216,17 @@ class CreateMessageConsumer:
             worker.add_done_callback(self._workers.discard)
 
     async def drain(self) -> None:
-        """Wait until every queued command was handled (shutdown)."""
-        while self._workers or self._forgotten:
-            await asyncio.wait(self._workers | self._forgotten)
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
-            self._keepalive = None
+        """Wait until every queued command was handled (shutdown); the keep-alive stops
+        however the wait ends (a bounded drain is cancelled)."""
+        try:
+            while self._workers or self._forgotten:
+                await asyncio.wait(self._workers | self._forgotten)
+        finally:
+            keepalive, self._keepalive = self._keepalive, None
+            if keepalive is not None:
+                keepalive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keepalive
 
     def _release(self, item: _Queued) -> None:
         """The command was acked or naked: its slot is free and it is no longer kept alive."""
@@ -227,15 +234,16 @@ class CreateMessageConsumer:
         self._slots.release()
 
     async def _keep_alive(self) -> None:
-        """Every quarter of `ack_wait`, tell JetStream that each command held for half of it
-        or more is still being worked on (so it is not delivered again meanwhile)."""
+        """Every quarter of `ack_wait`, tell JetStream that each command held for a quarter of
+        it or more is still being worked on (so it is not delivered again meanwhile): each is
+        told within half of ack_wait, which leaves the other half for a busy loop's delays."""
         loop = asyncio.get_running_loop()
         period = self.options.ack_wait / 4
         while True:
             await asyncio.sleep(period)
             now = loop.time()
-            for item in list(self._held.values()):
-                if now - item.told >= 2 * period:
+            for key, item in list(self._held.items()):
+                if now - item.told >= period and key in self._held:  # (not acked meanwhile)
                     item.told = now
                     with contextlib.suppress(Exception):  # at worst it is delivered again
                         await item.msg.in_progress()
