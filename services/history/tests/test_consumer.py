@@ -96,6 +96,17 @@ def slots_free(consumer: CreateMessageConsumer) -> int:
     return consumer._slots._value  # the in-flight bound's own count
 
 
+def put_held_until(release: asyncio.Event, message_id: str) -> Callable[..., Awaitable[None]]:
+    """A store hook that holds the put of `message_id` until `release` is set."""
+
+    async def hook(op: str, args: tuple[object, ...]) -> None:
+        first = args[0] if args else None
+        if op == "put_message" and getattr(first, "messageId", None) == message_id:
+            await release.wait()
+
+    return hook
+
+
 async def test_rooms_keep_their_order_with_claims_made_ahead() -> None:
     """Three rooms' commands interleaved, the store answering in random order: each room's
     messages are stored, announced and acked in stream order, with no scan."""
@@ -318,13 +329,7 @@ async def test_commands_held_long_are_reported_in_progress() -> None:
     reported once the queue is empty."""
     store = InMemoryMessageStore()
     release = asyncio.Event()
-
-    async def slow_first_put(op: str, args: tuple[object, ...]) -> None:
-        first = args[0] if args else None
-        if op == "put_message" and getattr(first, "messageId", None) == "slow":
-            await release.wait()
-
-    store.hook = slow_first_put
+    store.hook = put_held_until(release, "slow")
     consumer, _ = build(store, ack_wait=0.2)
     log: Log = []
     await consumer.accept(StandInMsg(command("r2", "quick"), log))  # type: ignore[arg-type]
@@ -349,13 +354,7 @@ async def test_a_command_waiting_for_a_slot_is_kept_alive_too() -> None:
     reported in progress while it waits, then stored and acked."""
     store = InMemoryMessageStore()
     release = asyncio.Event()
-
-    async def slow_first_put(op: str, args: tuple[object, ...]) -> None:
-        first = args[0] if args else None
-        if op == "put_message" and getattr(first, "messageId", None) == "slow":
-            await release.wait()
-
-    store.hook = slow_first_put
+    store.hook = put_held_until(release, "slow")
     consumer, _ = build(store, max_in_flight=1, ack_wait=0.2)
     log: Log = []
     await consumer.accept(StandInMsg(command("r1", "slow"), log))  # type: ignore[arg-type]
