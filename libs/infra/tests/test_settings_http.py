@@ -140,3 +140,6 @@ def test_cors_only_for_allowed_origins() -> None:
     )
     assert bad_header.status_code == 403
     assert bad_header.json()["error"]["code"] == "forbidden"
+    assert "CHAT_CORS_ORIGINS" not in bad_header.json()["error"]["message"]  # not the origin
+    assert bad_header.headers["access-control-allow-origin"] == "http://allowed.example"
+    assert "CHAT_CORS_ORIGINS" in bad.json()["error"]["message"]

@@ -303,11 +303,10 @@ class JsonCorsMiddleware(CORSMiddleware):
         response = super().preflight_response(request_headers)
         if response.status_code < 400:
             return response
-        refused = error_response(
-            403,
-            ErrorCode.FORBIDDEN,
-            f"{bytes(response.body).decode()}: not allowed from this origin (CHAT_CORS_ORIGINS)",
-        )
+        reason = bytes(response.body).decode()  # "Disallowed CORS origin, method, headers"
+        if "origin" in reason:
+            reason += " (the allowed origins are the service's CHAT_CORS_ORIGINS)"
+        refused = error_response(403, ErrorCode.FORBIDDEN, reason)
         for name, value in response.headers.items():  # the CORS headers it would have sent
             if name.startswith("access-control-") or name == "vary":
                 refused.headers[name] = value

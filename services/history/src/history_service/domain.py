@@ -66,7 +66,8 @@ def claim_hash(sender_id: str, content: str) -> str:
     """Hash of what makes a message the same message: its sender and content. The contract
     makes the same messageId with other content or from another sender a `conflict`, and any
     other resend (another `createdAt` included) gets the stored message back."""
-    blob = json.dumps(["v2", sender_id, content], ensure_ascii=False, separators=(",", ":"))
+    # an object, where the older form is a list: the two can never be the same text
+    blob = json.dumps({"v": 2, "s": sender_id, "c": content}, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

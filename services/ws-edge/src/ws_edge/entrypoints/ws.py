@@ -14,6 +14,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from contracts.errors import ChatError, ErrorBody, ErrorCode
 from contracts.ws import ErrorFrame
+from infra.http import error_response
 from ws_edge.adapters.direct_ws import (
     DirectWriter,
     abort_transport,
@@ -42,15 +43,17 @@ async def _deny(websocket: WebSocket, status: int, code: ErrorCode, message: str
         await websocket.close(code=4401 if status == 401 else 1008)
 
 
-@router.get("/ws", include_in_schema=False)
+@router.api_route("/ws", methods=["GET", "HEAD"], include_in_schema=False)
 async def ws_over_plain_http() -> JSONResponse:
     """`/ws` asked without a WebSocket handshake: say what is missing (426), not a 404."""
-    body = ErrorBody.of(
+    response = error_response(
+        426,
         ErrorCode.UPGRADE_REQUIRED,
         "/ws is a WebSocket endpoint: open it with a WebSocket handshake "
         "(ws://HOST:PORT/ws?token=...), or use GET /events for server-sent events",
     )
-    return JSONResponse(body.model_dump(), status_code=426, headers={"upgrade": "websocket"})
+    response.headers["upgrade"] = "websocket"
+    return response
 
 
 @router.websocket("/ws")
