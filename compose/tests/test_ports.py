@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh import ports
+from mesh import ports, servers
 from mesh.testhelpers import port_env
 
 PREFLIGHT = Path(__file__).resolve().parents[1] / "preflight.py"
@@ -133,3 +133,12 @@ def test_preflight_refuses_duplicates() -> None:
     assert result.returncode != 0
     assert "configured twice" in result.stderr
     assert "CHAT_EDGE_B_PORT" in result.stderr
+
+
+def test_free_port_skips_ports_browsers_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port Chromium refuses (10080, net::ERR_UNSAFE_PORT: the browser tests once drew it
+    for a service) is never handed out; the next candidate is."""
+    drawn = iter([10080, 10081])
+    monkeypatch.setattr(servers.random, "randrange", lambda _low, _high: next(drawn))
+    monkeypatch.setattr(servers, "_ephemeral_range", lambda: (32768, 60999))
+    assert servers.free_port() == 10081

@@ -38,8 +38,16 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+# Ports browsers refuse to open (Chromium's and Firefox's restricted lists, net::ERR_UNSAFE_PORT)
+# above 1,023: a service the browser tests visit must not land on one.
+BROWSER_UNSAFE_PORTS = frozenset(
+    {1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667}
+    | {6668, 6669, 6679, 6697, 10080}
+)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A free port *below* the kernel's ephemeral range.
+    """A free port *below* the kernel's ephemeral range, and none a browser refuses.
 
     Tests restart servers on the same port; a port from the ephemeral range can meanwhile be
     taken as the source port of some outgoing connection, and the restart then fails with
@@ -49,6 +57,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     floor = 10_000 if low > 12_000 else 1_024
     for _ in range(200):
         port = random.randrange(floor, low) if low > floor + 100 else 0
+        if port in BROWSER_UNSAFE_PORTS:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))
