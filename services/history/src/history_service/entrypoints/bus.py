@@ -211,7 +211,7 @@ class CreateMessageConsumer:
                     self._look_ahead(command.roomId, queue)
                 continue
             self._queues[command.roomId] = deque([item])
-            worker = asyncio.get_running_loop().create_task(self._room(command.roomId))
+            worker = loop.create_task(self._room(command.roomId))
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
 
